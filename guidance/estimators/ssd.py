@@ -1,0 +1,214 @@
+"""Stein Score Distillation (SteinDreamer), as METHODS.md's section "SSD".
+
+Stein's identity for eps ~ N(0, I), x_t = sqrt(ab_t) z + sigma_t eps with z and the camera fixed:
+E[eps phi(x_t) - sigma_t grad_{x_t} phi(x_t)] = 0 for any smooth scalar phi, so
+h = eps phi - sigma_t grad phi is a zero-mean control variate (MINUS sign; the project page's plus sign
+would bias the gradient by 2 sigma_t E[grad phi]).
+
+Symbols: a the score term, phi the baseline function, h the control variate, mu its weight, w(t) the
+weighting, sigma_t = sqrt(1 - ab_t).
+
+    1. a = e_cfg(x_t, t, y) as in SDS (base "sds"); on ISM (base "ism") a = e_cfg - e_s + eps, so that
+       a - h = e_cfg - e_s (ISM) at phi = 1, mu = 1
+    2. phi = c0 + lam (1 - sim(x_t)), sim a baseline of guidance/baselines.py ("depth": Pearson of the
+       render's disparity (detached, alpha > 0.5) with the prior's disparity of x_t; "normal": cosine
+       of normals); phi is [B], one per camera
+    3. gphi = autograd.grad(phi, x_t)
+    4. h = eps phi - sigma_t gphi
+    5. g = w(t) (a - mu h)
+    6. learned mu: update the EMAs with this step's a and h (after g, so mu never sees its own sample)
+
+With phi = 1 (c0 = 1, lam = 0) and mu = 1, base "sds" is SDS bit for bit (same seed: same t and eps);
+its - eps term is the constant-baseline control variate.
+
+On ISM the x_t that a is evaluated at is reached by DDIM inversion and is not Gaussian in eps, so phi is
+evaluated at the forward-noised x_t = sqrt(ab_t) z + sigma_t eps with the same eps: h stays exactly
+zero-mean and SSD keeps ISM's expected gradient for every mu (ISM's offset noise must then be off).
+
+mu ("learned"): the variance-optimal weight of g = w (a - mu h) is mu* = E[w^2 a.h] / E[w^2 h.h]
+(METHODS.md's E[a.h] / E[h.h] when w is the same for every sample, e.g. ISM's one t per batch), per
+channel or summed over channels; both expectations are EMAs (beta, default 0.99) over previous steps,
+and mu starts at the `mu` setting (1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor
+
+from renderers.camera import CameraBatch
+from renderers.types import RenderOutput
+
+from ..baselines import BASELINES
+from ..priors.base import DiffusionPrior, ViewCond, add_noise
+from .base import EstimatorResult, SettingsError, check_range, finish
+from .common import WEIGHTINGS, EstimatorBase, check_choice, check_guidance, check_t_range, render_to_z
+from .ism import ISMSettings, ism_terms
+from .sds import SDSSettings, clamp_grad, sds_terms
+
+
+@dataclass(frozen=True)
+class SSDSettings:
+    base: Literal["sds", "ism"] = "sds"
+    """what the control variate is added to: SDS's x_t and score, or ISM's (then ssd.ism.* applies)"""
+    guidance_scale: float = 100.0
+    """base sds: classifier-free guidance scale s in e_u + s (e_c - e_u)"""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """base sds: (t_min, t_max) as fractions of T"""
+    weighting: Literal["sds", "uniform", "fantasia", "lucid"] = "sds"
+    """base sds: w(t), as for SDS"""
+    baseline: Literal["depth", "normal"] = "depth"
+    """phi's geometry term: depth (Pearson of disparities) or normal (cosine of normals)"""
+    c0: float = 1.0
+    """constant part of phi (1 keeps SDS's eps baseline inside)"""
+    lam: float = 0.1
+    """λ: weight of the geometry term in phi = c0 + λ (1 - similarity); 0 gives SDS's baseline alone
+    (large λ makes phi, and with it h = eps phi, vary; on the analytic test prior λ = 1 raised the variance)"""
+    mu_mode: Literal["fixed", "learned"] = "learned"
+    """μ: fixed (the mu setting) or learned (variance-optimal, from EMAs over previous steps)"""
+    mu: float = 1.0
+    """μ when fixed, and the learned μ's starting value"""
+    mu_per_channel: bool = False
+    """learn one μ per latent channel instead of one scalar"""
+    ema_beta: float = 0.99
+    """decay of the EMAs behind the learned μ"""
+    grad_clamp: float = 0.0
+    """clamp every element of g to [-grad_clamp, grad_clamp] (0: off)"""
+    ism: ISMSettings = field(default_factory=ISMSettings)
+    """base ism: the ISM settings the score term uses (its offset noise must be 0)"""
+
+    def validate(self, owner: str = "ssd") -> None:
+        check_choice(owner, "base", self.base, ("sds", "ism"))
+        check_guidance(owner, self.guidance_scale)
+        check_t_range(owner, "t_range", self.t_range)
+        check_choice(owner, "weighting", self.weighting, WEIGHTINGS)
+        check_choice(owner, "baseline", self.baseline, tuple(BASELINES))
+        check_range(owner, "c0", self.c0, -1e3, 1e3)
+        check_range(owner, "lam", self.lam, 0.0, 1e3)
+        check_choice(owner, "mu_mode", self.mu_mode, ("fixed", "learned"))
+        check_range(owner, "mu", self.mu, -10.0, 10.0)
+        check_range(owner, "ema_beta", self.ema_beta, 0.0, 0.99999)
+        check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
+        self.ism.validate(owner=f"{owner}.ism")
+        if self.base == "ism" and self.ism.offset_noise > 0:
+            raise SettingsError(
+                f"{owner}.ism.offset_noise: must be 0 when SSD builds on ISM (Stein's identity needs "
+                f"isotropic noise), got {self.ism.offset_noise}"
+            )
+
+    def sds_part(self) -> SDSSettings:
+        """The SDS settings of the score term for base "sds"."""
+        return SDSSettings(guidance_scale=self.guidance_scale, t_range=self.t_range, weighting=self.weighting)
+
+
+def phi_and_grad(phi_fn: Callable[[Tensor], Tensor], x_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Steps 2-3: phi [B] = phi_fn(x_t) and gphi = d sum(phi) / d x_t [B, C, h, w] (phi_b depends on
+    x_t[b] alone, so the sum's gradient holds each item's own). Runs with grad even under no_grad."""
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        phi = phi_fn(x)
+        assert phi.shape == (x.shape[0],), f"phi: expected [B={x.shape[0]}], got {tuple(phi.shape)}"
+        gphi = None
+        if phi.requires_grad:
+            gphi = torch.autograd.grad(phi.sum(), x, allow_unused=True)[0]
+    if gphi is None:  # phi does not depend on x_t (lam = 0, or nothing rendered)
+        gphi = torch.zeros_like(x_t)
+    return phi.detach(), gphi.detach()
+
+
+def control_variate(eps: Tensor, phi: Tensor, gphi: Tensor, sigma_t: Tensor) -> Tensor:
+    """Step 4: h = eps phi - sigma_t gphi, for eps, gphi [B, C, h, w], phi [B], sigma_t [B, 1, 1, 1]."""
+    return eps * phi.view(-1, 1, 1, 1) - sigma_t * gphi
+
+
+class SSD(EstimatorBase):
+    """The SSD estimator: `SSD(settings, seed)(prior, render, cameras, vc, step) -> EstimatorResult`.
+
+    Extra diagnostics: "mu" (scalar, or [C] per channel) the μ used this step, "phi" [B]; on base ism
+    also ISM's "s", "delta_T", "prior_calls". Learned state: the μ EMAs (state_dict, reset)."""
+
+    name = "ssd"
+    settings_class = SSDSettings
+
+    def __init__(self, settings: SSDSettings | None = None, seed: int = 0):
+        super().__init__(settings, seed)
+        self.reset()
+
+    # ----- learned state ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the learned μ (EMAs of E[w^2 a.h] and E[w^2 h.h] per channel)."""
+        self.ema_ah: Tensor | None = None  # [C]
+        self.ema_hh: Tensor | None = None  # [C]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ema_ah": self.ema_ah, "ema_hh": self.ema_hh}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.ema_ah, self.ema_hh = state.get("ema_ah"), state.get("ema_hh")
+
+    def current_mu(self, channels: int, device: torch.device) -> Tensor:
+        """The μ to use now, [1, C, 1, 1] or [1, 1, 1, 1]; the setting until the EMAs have a step."""
+        s = self.settings
+        start = torch.tensor(float(s.mu), device=device)
+        if s.mu_mode == "fixed" or self.ema_ah is None or self.ema_ah.shape != (channels,):
+            return start.view(1, 1, 1, 1)
+        ah, hh = self.ema_ah.to(device), self.ema_hh.to(device)
+        if s.mu_per_channel:
+            return torch.where(hh > 0, ah / hh.clamp_min(1e-30), start).view(1, channels, 1, 1)
+        return torch.where(hh.sum() > 0, ah.sum() / hh.sum().clamp_min(1e-30), start).view(1, 1, 1, 1)
+
+    def update_mu(self, a: Tensor, h: Tensor, w: Tensor) -> None:
+        """Step 6: fold this step's E[w^2 a.h], E[w^2 h.h] per channel into the EMAs."""
+        w2 = w.float() ** 2  # [B, 1, 1, 1]
+        ah = (w2 * a * h).sum(dim=(2, 3)).mean(dim=0)  # [C]
+        hh = (w2 * h * h).sum(dim=(2, 3)).mean(dim=0)
+        if self.ema_ah is None or self.ema_ah.shape != ah.shape:
+            self.ema_ah, self.ema_hh = ah, hh  # the first step is its own average (no bias towards 0)
+            return
+        beta = self.settings.ema_beta
+        self.ema_ah = beta * self.ema_ah.to(ah.device) + (1 - beta) * ah
+        self.ema_hh = beta * self.ema_hh.to(hh.device) + (1 - beta) * hh
+
+    # ----- the step -----------------------------------------------------------------------------------
+    def __call__(self, prior: DiffusionPrior, render: RenderOutput, cameras: CameraBatch, vc: ViewCond,
+                 step: int) -> EstimatorResult:
+        s = self.settings
+        z = render_to_z(prior, render)
+        extras: dict[str, Tensor] = {}
+        # 1. The score term a, at x_t (base sds) or on ISM's path (base ism).
+        if s.base == "sds":
+            terms = sds_terms(prior, z, vc, s.sds_part(), step, self.rng)
+            t, eps, w, a, x_phi = terms.t, terms.eps, terms.w, terms.e_cfg, terms.x_t
+        else:
+            it = ism_terms(prior, z, vc, s.ism, step, self.rng)
+            t, eps, w = it.t, it.eps, it.w
+            a = it.e_cfg - it.e_s + eps
+            x_phi = add_noise(prior.alphas_cumprod, z.detach().float(), eps, t.to(z.device))
+            extras = {"s": it.s, "delta_T": torch.tensor(it.delta_T), "prior_calls": torch.tensor(it.prior_calls)}
+        t_dev = t.to(z.device)
+        sigma_t = (1 - prior.alphas_cumprod[t_dev].float()).sqrt().view(-1, 1, 1, 1)
+        # 2-3. phi and its gradient w.r.t. x_t.
+        phi, gphi = phi_and_grad(self._phi_fn(prior, t_dev, vc, render, cameras), x_phi)
+        # 4. The control variate (minus sign: zero mean by Stein's identity).
+        h = control_variate(eps, phi, gphi, sigma_t)
+        # 5. g = w(t) (a - mu h)
+        mu = self.current_mu(z.shape[1], z.device)
+        g = w * (a - mu * h)
+        # 6. Learn mu from this step for the next ones.
+        if s.mu_mode == "learned":
+            self.update_mu(a, h, w)
+        extras.update(mu=mu.reshape(-1) if mu.numel() > 1 else mu.reshape(()), phi=phi)
+        return finish(z, clamp_grad(g, s.grad_clamp), t, extras)
+
+    def _phi_fn(self, prior: DiffusionPrior, t: Tensor, vc: ViewCond, render: RenderOutput,
+                cameras: CameraBatch) -> Callable[[Tensor], Tensor]:
+        """phi(x_t) = c0 + lam (1 - sim(x_t)) [B]; the constant c0 when lam = 0 (no prior call)."""
+        s = self.settings
+        if s.lam == 0:
+            return lambda x: torch.full((x.shape[0],), float(s.c0), device=x.device)
+        similarity = BASELINES[s.baseline]
+        return lambda x: s.c0 + s.lam * (1 - similarity(prior, x, t, vc, render, cameras))

@@ -1,0 +1,304 @@
+"""Any Stable Diffusion 1.x / 2.x checkpoint through diffusers, behind the DiffusionPrior interface.
+
+z = scaling_factor * E(2 rgb - 1) (the mean of the VAE posterior, so encode is deterministic), with the
+render resized to `image_size` px first ([B, 4, 64, 64] for 512 px). predict_noise runs CFG as one
+UNet call on 2B latents (uncond first, then cond) and returns e_u + s (e_c - e_u); v-prediction
+checkpoints (SD 2.x 768) are converted to epsilon: e = sqrt(ab_t) v + sqrt(1 - ab_t) x_t.
+
+View-dependent prompts (METHODS.md): "suffix" appends ", front view" / ", side view" / ", back view" /
+", overhead view" by the camera's bucket; "interpolate" (LucidDreamer) blends the front, side and back
+embeddings linearly in |azimuth| (front at 0, side at 90, back at 180 degrees); "off" uses the prompt as
+typed. Text embeddings are cached per (prompt, view suffix) for the prior's lifetime.
+
+On CUDA the UNet and text encoder run in half precision (fp16 by default), with SDPA attention and
+channels-last; the VAE keeps fp32 weights and runs under autocast. On CPU everything is fp32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from renderers.camera import CameraBatch, Cameras
+
+from .base import Cond, PriorError, ViewCond
+from .depth import MonocularDepth
+from .hub import load, require_subfolders
+
+BRANCHES = ("cfg", "cond", "uncond")
+VIEW_MODES = ("suffix", "interpolate", "off")
+VIEWS = ("front", "side", "back", "overhead")
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SD_LAYOUT = "unet/, vae/, text_encoder/, tokenizer/ and scheduler/"
+FALLBACK = "Or run without downloads with --model procedural."
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class StableDiffusionSettings:
+    dtype: str = "auto"
+    """UNet / text encoder precision: auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16"""
+    image_size: int = 512
+    """renders are resized to this many px (longer side) before the VAE; [8, 2048]"""
+    view_prompt: str = "suffix"
+    """view-dependent prompts: suffix (by camera bucket), interpolate (LucidDreamer), off"""
+    compile: bool = False
+    """torch.compile the UNet (first steps are slow while it compiles)"""
+    attention_slicing: bool = False
+    """compute attention in slices: less memory, a little slower"""
+    channels_last: bool = True
+    """channels-last memory format for the UNet on CUDA"""
+    depth_model: str = "Intel/dpt-hybrid-midas"
+    """monocular depth model for estimate_depth / estimate_disparity (hub id or folder), loaded on first use"""
+
+    def validate(self) -> None:
+        if self.dtype not in ("auto", *DTYPES):
+            raise PriorError(f"sd.dtype: choose auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not 8 <= int(self.image_size) <= 2048:
+            raise PriorError(f"sd.image_size: must lie in [8, 2048] px, got {self.image_size!r}")
+        if self.view_prompt not in VIEW_MODES:
+            raise PriorError(f"sd.view_prompt: choose one of {', '.join(VIEW_MODES)}; got {self.view_prompt!r}")
+
+
+@dataclass(frozen=True)
+class SDCond:
+    """Cond.data: the prompt's embeddings by view ("" = as typed) and the unconditional one, each [1, L, D]."""
+
+    views: dict[str, Tensor]
+    uncond: Tensor
+
+
+@dataclass
+class SDView:
+    """ViewCond.data: per-camera text embeddings [B, L, D] and the render size (H, W)."""
+
+    cond: Tensor
+    uncond: Tensor
+    size: tuple[int, int]
+
+
+def interpolation_weights(azimuth_deg: Tensor) -> Tensor:
+    """LucidDreamer's blend: weights [B, 3] of (front, side, back), piecewise linear in |azimuth|."""
+    a = ((azimuth_deg.float() + 180.0) % 360.0 - 180.0).abs()  # [B] in [0, 180]
+    r1 = (a / 90.0).clamp(0, 1)
+    r2 = ((a - 90.0) / 90.0).clamp(0, 1)
+    return torch.stack([1 - r1, r1 - r2, r2], dim=-1)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and name == "float16":
+        raise PriorError("sd.dtype: float16 is not supported on CPU; use float32 or bfloat16 (or auto)")
+    return DTYPES[name]
+
+
+class StableDiffusionPrior:
+    """Stable Diffusion as a DiffusionPrior.
+
+    Args:
+        model: hub id (e.g. "stabilityai/stable-diffusion-2-1-base") or a local folder with SD's layout
+        settings: StableDiffusionSettings; keyword overrides of its fields are accepted too
+        device: default CUDA when available, else CPU
+    """
+
+    latent_channels = 4
+
+    def __init__(self, model: str, settings: StableDiffusionSettings | None = None, *,
+                 device: torch.device | str | None = None, **overrides):
+        known = {f.name for f in fields(StableDiffusionSettings)}
+        if set(overrides) - known:
+            raise PriorError(f"stable diffusion prior: unknown settings {sorted(set(overrides) - known)}; "
+                             f"known: {sorted(known)}")
+        settings = StableDiffusionSettings(**{**(settings or StableDiffusionSettings()).__dict__, **overrides})
+        settings.validate()
+        self.settings = settings
+        self.model_id = str(model)
+        self.name = f"sd:{self.model_id}"
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self._load(self.model_id)
+        self._configure()
+        self._text_cache: dict[tuple[str, str], Tensor] = {}
+        self._depth: MonocularDepth | None = None
+
+    # ----- loading ---------------------------------------------------------------------------------
+    def _load(self, src: str) -> None:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        require_subfolders(src, SUBFOLDERS, "Stable Diffusion", FALLBACK)
+
+        def part(cls, sub, **kw):
+            return load(cls.from_pretrained, src, f"Stable Diffusion {sub}", SD_LAYOUT, FALLBACK,
+                        subfolder=sub, **kw)
+
+        # low_cpu_mem_usage needs accelerate; without it ask for the plain path (diffusers warns otherwise)
+        low_mem = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+        self.unet = part(UNet2DConditionModel, "unet", **low_mem)
+        self.vae = part(AutoencoderKL, "vae", **low_mem)
+        self.text_encoder = part(CLIPTextModel, "text_encoder")
+        self.tokenizer = part(CLIPTokenizer, "tokenizer")
+        scheduler = part(DDIMScheduler, "scheduler")
+        if len(self.tokenizer) <= 3:
+            raise PriorError(f"the Stable Diffusion tokenizer of {src!r} has an empty vocabulary; "
+                             f"tokenizer/ must hold vocab.json and merges.txt. {FALLBACK}")
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise PriorError(f"{src!r}: prediction_type {self.prediction_type!r} is not supported "
+                             "(epsilon and v_prediction are)")
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.vae_scale = float(self.vae.config.scaling_factor)
+        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def _configure(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.eval().requires_grad_(False)
+        self.unet.to(self.device, self.dtype)
+        self.text_encoder.to(self.device, self.dtype)
+        self.vae.to(self.device, torch.float32)  # fp32 weights; autocast on CUDA (the fp16 VAE can overflow)
+        self.unet.set_attn_processor(AttnProcessor2_0())
+        self.vae.set_attn_processor(AttnProcessor2_0())
+        if self.settings.attention_slicing:
+            self.unet.set_attention_slice("auto")
+        if self.settings.channels_last and self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        self._unet = torch.compile(self.unet) if self.settings.compile else self.unet
+
+    def _autocast(self):
+        on = self.device.type == "cuda" and self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=on)
+
+    # ----- text ------------------------------------------------------------------------------------
+    def text_embedding(self, prompt: str, view: str = "") -> Tensor:
+        """[1, L, D] embedding of `prompt` with the view suffix (", <view> view"; "" = none), cached."""
+        key = (prompt, view)
+        if key not in self._text_cache:
+            text = f"{prompt}, {view} view" if view else prompt
+            ids = self.tokenizer([text], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            with torch.no_grad():
+                self._text_cache[key] = self.text_encoder(ids)[0].to(self.dtype)
+        return self._text_cache[key]
+
+    def embed(self, prompt: str, negative: str = "") -> Cond:
+        """The prompt's embeddings (as typed and per view, per settings.view_prompt) and the negative
+        prompt's (the empty prompt's when none) for the unconditional branch."""
+        views = {"": self.text_embedding(prompt)}
+        if self.settings.view_prompt != "off":
+            names = VIEWS if self.settings.view_prompt == "suffix" else VIEWS[:3]
+            views.update({v: self.text_embedding(prompt, v) for v in names})
+        return Cond(prompt, negative, SDCond(views, self.text_embedding(negative)))
+
+    def view_cond(self, cond: Cond, cameras: CameraBatch | Cameras, background: Tensor | None = None) -> ViewCond:
+        """Per-camera embeddings for B cameras. A bare `Cameras` (no azimuth) uses the prompt as typed.
+        The background is not used: SD sees the composited render."""
+        data: SDCond = cond.data
+        cams = cameras.cameras if isinstance(cameras, CameraBatch) else cameras
+        B = len(cams)
+        mode = self.settings.view_prompt if isinstance(cameras, CameraBatch) else "off"
+        if mode == "suffix":
+            emb = torch.cat([data.views[b] for b in cameras.buckets])
+        elif mode == "interpolate":
+            w = interpolation_weights(cameras.azimuth_deg).to(self.device, self.dtype)  # [B, 3]
+            basis = torch.cat([data.views[v] for v in VIEWS[:3]])  # [3, L, D]
+            emb = torch.einsum("bv,vld->bld", w, basis)
+        else:
+            emb = data.views[""].expand(B, -1, -1)
+        return ViewCond(cond, B, SDView(emb, data.uncond.expand(B, -1, -1), (cams.height, cams.width)))
+
+    # ----- image <-> latent ------------------------------------------------------------------------
+    def _vae_size(self, H: int, W: int) -> tuple[int, int]:
+        """The VAE input size: longer side image_size, both a multiple of what the UNet needs."""
+        m = self.vae_factor * self.unet_factor
+        s = int(self.settings.image_size) / max(H, W)
+        return max(m, round(H * s / m) * m), max(m, round(W * s / m) * m)
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """rgb [B, 3, H, W] in [0, 1] -> z [B, 4, h, w] (float32), differentiable w.r.t. rgb."""
+        assert rgb.dim() == 4 and rgb.shape[1] == 3, f"encode: expected rgb [B, 3, H, W], got {tuple(rgb.shape)}"
+        size = self._vae_size(*rgb.shape[-2:])
+        x = rgb.float()
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=x.shape[-1] > size[1])
+        with self._autocast():
+            z = self.vae.encode(2 * x - 1).latent_dist.mean
+        return z.float() * self.vae_scale
+
+    def _decode_raw(self, z: Tensor) -> Tensor:
+        with self._autocast():
+            x = self.vae.decode(z.float() / self.vae_scale).sample
+        return (x.float() + 1) / 2
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z [B, 4, h, w] -> rgb [B, 3, H, W] in [0, 1] (float32)."""
+        assert z.dim() == 4 and z.shape[1] == self.latent_channels, (
+            f"decode: expected z [B, {self.latent_channels}, h, w], got {tuple(z.shape)}")
+        return self._decode_raw(z).clamp(0, 1)
+
+    # ----- denoiser --------------------------------------------------------------------------------
+    def _unet_eps(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """One UNet call: epsilon [N, 4, h, w] (float32) for latents x [N, 4, h, w], t [N], emb [N, L, D]."""
+        xin = x.to(self.dtype)
+        if self.settings.channels_last and self.device.type == "cuda":
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        out = self._unet(xin, t.to(self.device), encoder_hidden_states=emb).sample.float()
+        if self.prediction_type == "v_prediction":
+            ab = self.alphas_cumprod[t.to(self.device)].view(-1, 1, 1, 1)
+            out = ab.sqrt() * out + (1 - ab).sqrt() * x.float()
+        return out
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, vc: ViewCond, guidance_scale: float | None,
+                      *, branch: str = "cfg") -> Tensor:
+        """e(x_t, t) [B, 4, h, w] for x_t [B, 4, h, w], t [B] (long); see base.DiffusionPrior."""
+        B = vc.batch_size
+        assert x_t.dim() == 4 and x_t.shape[:2] == (B, self.latent_channels), (
+            f"x_t: expected [B={B}, {self.latent_channels}, h, w], got {tuple(x_t.shape)}")
+        assert t.shape == (B,), f"t: expected [B={B}], got {tuple(t.shape)}"
+        data: SDView = vc.data
+        if branch == "cond":
+            return self._unet_eps(x_t, t, data.cond).to(x_t.dtype)
+        if branch == "uncond":
+            return self._unet_eps(x_t, t, data.uncond).to(x_t.dtype)
+        if branch != "cfg":
+            raise ValueError(f"predict_noise: branch must be one of {BRANCHES}, got {branch!r}")
+        if guidance_scale is None:
+            raise ValueError("predict_noise: branch 'cfg' needs a guidance_scale")
+        e = self._unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([data.uncond, data.cond]))
+        e_u, e_c = e.chunk(2)
+        return (e_u + guidance_scale * (e_c - e_u)).to(x_t.dtype)
+
+    # ----- geometry (SSD baselines) ----------------------------------------------------------------
+    @property
+    def depth_model(self) -> MonocularDepth:
+        if self._depth is None:
+            self._depth = MonocularDepth(self.settings.depth_model, self.device, torch.float32)
+        return self._depth
+
+    def denoised_image(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
+        """One-step estimate of the clean image, rgb [B, 3, H', W'] (not clamped), differentiable in x_t:
+        x0_hat = (x_t - sqrt(1 - ab_t) e_u) / sqrt(ab_t), e_u the unconditional prediction, decoded."""
+        e_u = self.predict_noise(x_t, t, vc, None, branch="uncond").float()
+        ab = self.alphas_cumprod[t.to(self.device)].view(-1, 1, 1, 1)
+        x0 = (x_t.float() - (1 - ab).sqrt() * e_u) / ab.sqrt()
+        return self._decode_raw(x0)
+
+    def estimate_disparity(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
+        """Disparity [B, 1, H, W] (larger = nearer, relative) of the denoised image, at the render size."""
+        with self._autocast():
+            return self.depth_model.disparity(self.denoised_image(x_t, t, vc), vc.data.size).float()
+
+    def estimate_depth(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
+        """Depth [B, 1, H, W] (larger = farther; 1 / disparity for relative models) at the render size."""
+        with self._autocast():
+            return self.depth_model.depth(self.denoised_image(x_t, t, vc), vc.data.size).float()
