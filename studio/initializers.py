@@ -1,0 +1,167 @@
+"""Initial Gaussians: random ball, sphere shell, box, a point cloud, or a 3DGS PLY file.
+
+Every initializer returns raw tensors in gsplat's layout (`RAW_KEYS`: log-scales, logit opacities, SH
+coefficients) and the scene extent, drawn from its own seeded generator on the CPU (the same seed gives
+the same scene on every device). Scales are isotropic, half the mean spacing of the points unless given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from renderers.sh import C0
+
+RAW_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+Colors = Literal["random", "grey"]
+
+
+def num_sh_rest(sh_degree: int) -> int:
+    """K - 1: SH coefficients beyond the constant one for a degree (0..3)."""
+    if sh_degree not in (0, 1, 2, 3):
+        raise ValueError(f"sh_degree: must be 0, 1, 2 or 3, got {sh_degree!r}")
+    return (sh_degree + 1) ** 2 - 1
+
+
+def rgb_to_sh0(rgb: Tensor) -> Tensor:
+    """Base colour [..., 3] in [0, 1] -> degree-0 SH coefficient (colour = C0 * sh0 + 0.5)."""
+    return (rgb - 0.5) / C0
+
+
+def _check_common(n: int, opacity: float, scale: float | None) -> None:
+    if n < 1:
+        raise ValueError(f"init: the number of Gaussians must be >= 1, got {n}")
+    if not 0.0 < opacity < 1.0:
+        raise ValueError(f"init: opacity must lie in (0, 1), got {opacity}")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"init: scale must be > 0 world units, got {scale}")
+
+
+def make_raw(means: Tensor, scales: Tensor, rgb: Tensor, opacity: float | Tensor, sh_degree: int) -> dict[str, Tensor]:
+    """Raw (optimizer-space) tensors from activated values.
+
+    Args:
+        means: [N, 3] positions
+        scales: [N, 3] or [N] standard deviations, world units (> 0)
+        rgb: [N, 3] base colours in [0, 1]
+        opacity: scalar or [N] in (0, 1)
+        sh_degree: 0..3; higher coefficients start at zero
+    """
+    n = means.shape[0]
+    assert means.shape == (n, 3), f"means: expected [N, 3], got {tuple(means.shape)}"
+    assert rgb.shape == (n, 3), f"rgb: expected [N={n}, 3], got {tuple(rgb.shape)}"
+    scales = scales[:, None].expand(n, 3) if scales.dim() == 1 else scales
+    assert scales.shape == (n, 3), f"scales: expected [N={n}, 3] or [N], got {tuple(scales.shape)}"
+    opa = torch.as_tensor(opacity, dtype=torch.float32).expand(n)
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0  # identity rotation (wxyz); isotropic scales make any rotation equivalent
+    return {
+        "means": means.float().contiguous(),
+        "scales": torch.log(scales.float()).contiguous(),
+        "quats": quats,
+        "opacities": torch.logit(opa.float()).contiguous(),
+        "sh0": rgb_to_sh0(rgb.float())[:, None, :].contiguous(),
+        "shN": torch.zeros(n, num_sh_rest(sh_degree), 3),
+    }
+
+
+def _colors(n: int, colors: Colors, gen: torch.Generator) -> Tensor:
+    if colors == "grey":
+        return torch.full((n, 3), 0.5)
+    if colors == "random":
+        return torch.rand(n, 3, generator=gen)
+    raise ValueError(f"init: colors must be 'random' or 'grey', got {colors!r}")
+
+
+def ball(n: int, radius: float, *, seed: int = 0, opacity: float = 0.1, scale: float | None = None,
+         sh_degree: int = 0, colors: Colors = "random") -> tuple[dict[str, Tensor], float]:
+    """n Gaussians uniform in a ball of `radius` around the origin. Extent: the radius."""
+    _check_common(n, opacity, scale)
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    r = radius * torch.rand(n, 1, generator=gen) ** (1.0 / 3.0)  # uniform in volume
+    spacing = (4.0 / 3.0 * math.pi * radius**3 / n) ** (1.0 / 3.0)
+    s = torch.full((n,), scale if scale is not None else 0.5 * spacing)
+    return make_raw(d * r, s, _colors(n, colors, gen), opacity, sh_degree), float(radius)
+
+
+def shell(n: int, radius: float, *, thickness: float = 0.05, seed: int = 0, opacity: float = 0.1,
+          scale: float | None = None, sh_degree: int = 0, colors: Colors = "random") -> tuple[dict[str, Tensor], float]:
+    """n Gaussians on a sphere of `radius`, radially jittered by +-thickness/2 * radius. Extent: the radius."""
+    _check_common(n, opacity, scale)
+    if not 0.0 <= thickness < 1.0:
+        raise ValueError(f"init: shell thickness must lie in [0, 1), got {thickness}")
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    r = radius * (1.0 + thickness * (torch.rand(n, 1, generator=gen) - 0.5))
+    spacing = math.sqrt(4.0 * math.pi * radius**2 / n)
+    s = torch.full((n,), scale if scale is not None else 0.5 * spacing)
+    return make_raw(d * r, s, _colors(n, colors, gen), opacity, sh_degree), float(radius)
+
+
+def box(n: int, half_size: float, *, seed: int = 0, opacity: float = 0.1, scale: float | None = None,
+        sh_degree: int = 0, colors: Colors = "random") -> tuple[dict[str, Tensor], float]:
+    """n Gaussians uniform in the cube [-half_size, half_size]^3. Extent: its half-diagonal."""
+    _check_common(n, opacity, scale)
+    gen = torch.Generator().manual_seed(seed)
+    means = half_size * (2.0 * torch.rand(n, 3, generator=gen) - 1.0)
+    spacing = ((2.0 * half_size) ** 3 / n) ** (1.0 / 3.0)
+    s = torch.full((n,), scale if scale is not None else 0.5 * spacing)
+    return make_raw(means, s, _colors(n, colors, gen), opacity, sh_degree), float(half_size * math.sqrt(3.0))
+
+
+def knn_scale(points: Tensor, k: int = 3, chunk_elems: int = 4_000_000) -> Tensor:
+    """[N] root-mean-square distance of each point to its k nearest neighbours (3DGS's initial scale).
+
+    Exact, in chunks of rows (O(N^2) time, O(chunk_elems) memory).
+    """
+    n = points.shape[0]
+    if n <= 1:
+        return torch.ones(n)
+    k = min(k, n - 1)
+    rows = max(1, chunk_elems // n)
+    out = []
+    for i in range(0, n, rows):
+        d2 = torch.cdist(points[i:i + rows], points).square()  # [rows, N]
+        d2[torch.arange(d2.shape[0]), torch.arange(i, i + d2.shape[0])] = float("inf")  # not itself
+        out.append(d2.topk(k, dim=1, largest=False).values.mean(dim=1).sqrt())
+    return torch.cat(out).clamp_min(1e-7)
+
+
+def extent_of(means: Tensor) -> float:
+    """Scene extent of a point set: the 99th percentile of distances to the centroid (outliers ignored)."""
+    if means.shape[0] == 0:
+        return 1.0
+    d = (means - means.mean(dim=0)).norm(dim=-1)
+    return max(float(torch.quantile(d.float(), 0.99)) if d.numel() > 1 else float(d.max()), 1e-3)
+
+
+def points(xyz: Tensor, rgb: Tensor | None = None, *, opacity: float = 0.1, scale: float | None = None,
+           sh_degree: int = 0, seed: int = 0, colors: Colors = "random") -> tuple[dict[str, Tensor], float]:
+    """One Gaussian per point of a cloud.
+
+    Args:
+        xyz: [N, 3] positions
+        rgb: [N, 3] colours in [0, 1] (uint8 0..255 is accepted too); None: `colors`
+        scale: isotropic scale; None: the RMS distance to the 3 nearest neighbours
+    """
+    xyz = torch.as_tensor(xyz, dtype=torch.float32).cpu()
+    n = xyz.shape[0]
+    if xyz.dim() != 2 or xyz.shape[1] != 3:
+        raise ValueError(f"init: point cloud must be [N, 3], got {tuple(xyz.shape)}")
+    _check_common(n, opacity, scale)
+    if not torch.isfinite(xyz).all():
+        raise ValueError(f"init: the point cloud has {int((~torch.isfinite(xyz)).sum())} non-finite coordinates")
+    gen = torch.Generator().manual_seed(seed)
+    if rgb is None:
+        col = _colors(n, colors, gen)
+    else:
+        col = torch.as_tensor(rgb).cpu()
+        if col.shape != (n, 3):
+            raise ValueError(f"init: colours must be [N={n}, 3], got {tuple(col.shape)}")
+        col = col.float() / 255.0 if not col.is_floating_point() else col.float()
+    s = torch.full((n,), scale) if scale is not None else knn_scale(xyz)
+    return make_raw(xyz, s, col.clamp(0, 1), opacity, sh_degree), extent_of(xyz)
