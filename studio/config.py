@@ -1,0 +1,209 @@
+"""Every setting of a session, as frozen dataclasses with validation, presets and JSON round trip.
+
+Sections: `prompt`, `run`, `render`, `camera`, `prior`, `init`, `optim`, `densify`, and one per estimator
+(`sds`, `ism`, `ssd`). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the
+command line, JSON from presets and values from the UI into typed values. A config is validated once,
+where it is made (`validate`), and passed down whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from guidance.estimators.base import SettingsError
+from guidance.estimators.ism import ISMSettings
+from guidance.estimators.sds import SDSSettings
+from guidance.estimators.ssd import SSDSettings
+from renderers.camera import CameraRanges
+
+from . import confio
+from .confio import ConfigError
+from .scene import DensifySettings, OptimSettings
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
+METHODS = ("sds", "ism", "ssd")
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    prompt: str = "a red cube"
+    """what to make; with the procedural prior, one of its known prompts"""
+    negative: str = ""
+    """what to steer away from (the unconditional branch of CFG); empty: the unconditional prompt"""
+    view_prompt: Literal["suffix", "interpolate", "off"] = "suffix"
+    """view-dependent prompting: append ', front view' etc. by azimuth, interpolate embeddings, or off"""
+
+    def validate(self) -> None:
+        if not self.prompt.strip():
+            raise ConfigError("prompt.prompt: must not be empty; type what to make, e.g. 'a red cube'")
+        if len(self.prompt) > 500 or len(self.negative) > 500:
+            raise ConfigError("prompt: prompts are limited to 500 characters")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    method: Literal["sds", "ism", "ssd"] = "sds"
+    """gradient estimator: sds (DreamFusion), ism (LucidDreamer), ssd (SteinDreamer)"""
+    steps: int = 600
+    """planned optimization steps (the run stops there headless; the UI keeps going if asked)"""
+    seed: int = 0
+    """seed of every random draw: init, cameras, timesteps, noise"""
+    publish_hz: float = 10.0
+    """how often the worker publishes a snapshot for the UI, per second"""
+    psnr_every: int = 25
+    """procedural prior: evaluate psnr_ref on the held-out ring every this many steps (0: never)"""
+    grad_clip: float = 0.0
+    """clip the norm of each parameter group's gradient (0: off)"""
+
+    def validate(self) -> None:
+        _check("run.steps", self.steps, 1, 1_000_000)
+        _check("run.seed", self.seed, 0, 2**31 - 1)
+        _check("run.publish_hz", self.publish_hz, 0.1, 120.0)
+        _check("run.psnr_every", self.psnr_every, 0, 100_000)
+        _check("run.grad_clip", self.grad_clip, 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    resolution: int = 64
+    """training render size in pixels (square)"""
+    batch: int = 4
+    """cameras per step"""
+    renderer: Literal["auto", "cpu", "gsplat", "reference"] = "auto"
+    """rasterizer: auto picks gsplat with CUDA, else the CPU renderer"""
+    background: Literal["white", "black", "random"] = "white"
+    """background behind the Gaussians in training renders"""
+    random_background_prob: float = 0.0
+    """probability per step of replacing the background by a random colour (LucidDreamer uses 0.5)"""
+
+    def validate(self) -> None:
+        _check("render.resolution", self.resolution, 8, 2048)
+        _check("render.batch", self.batch, 1, 64)
+        _check("render.random_background_prob", self.random_background_prob, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    model: str = "procedural"
+    """'procedural' (built in, offline) or a Stable Diffusion hub id / local folder"""
+    s_d: float = 0.1
+    """procedural prior: std of each mode around its reference render (its diversity), in [-1, 1] units"""
+    depth_model: str = "Intel/dpt-hybrid-midas"
+    """SD only: monocular depth model for SSD's depth baseline (hub id or folder)"""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """SD only: denoiser precision; auto = fp16 on CUDA, fp32 on CPU"""
+    image_size: int = 512
+    """SD only: renders are resized to this before the VAE"""
+    compile: bool = False
+    """SD only: torch.compile the UNet"""
+    attention_slicing: bool = False
+    """SD only: slice attention to save memory on small GPUs"""
+
+    def validate(self) -> None:
+        if not self.model.strip():
+            raise ConfigError("prior.model: give 'procedural' or a Stable Diffusion hub id / folder")
+        _check("prior.s_d", self.s_d, 1e-4, 10.0)
+        _check("prior.image_size", self.image_size, 64, 2048)
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    kind: Literal["ball", "shell", "box", "ply"] = "ball"
+    """initial Gaussians: random ball, sphere shell, box, or a 3DGS PLY file (init.path)"""
+    num: int = 2000
+    """number of Gaussians at start (not for ply)"""
+    radius: float = 0.6
+    """size of the ball / shell / half-size of the box, world units"""
+    opacity: float = 0.1
+    """initial opacity in (0, 1)"""
+    sh_degree: int = 0
+    """spherical-harmonic degree of the colours (0..3)"""
+    path: str = ""
+    """PLY file for kind = ply"""
+
+    def validate(self) -> None:
+        _check("init.num", self.num, 1, 10_000_000)
+        _check("init.radius", self.radius, 1e-3, 100.0)
+        _check("init.opacity", self.opacity, 1e-4, 0.9999)
+        _check("init.sh_degree", self.sh_degree, 0, 3)
+        if self.kind == "ply" and not self.path:
+            raise ConfigError("init.path: kind = ply needs the path of a 3DGS .ply file")
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    camera: CameraRanges = field(default_factory=CameraRanges)
+    prior: PriorSettings = field(default_factory=PriorSettings)
+    init: InitSettings = field(default_factory=InitSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    densify: DensifySettings = field(default_factory=DensifySettings)
+    sds: SDSSettings = field(default_factory=SDSSettings)
+    ism: ISMSettings = field(default_factory=ISMSettings)
+    ssd: SSDSettings = field(default_factory=SSDSettings)
+
+    def estimator_settings(self, method: str | None = None) -> Any:
+        return getattr(self, method or self.run.method)
+
+
+def _check(name: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi):
+        raise ConfigError(f"{name}: must lie in [{lo}, {hi}], got {value}")
+
+
+def validate(cfg: StudioConfig) -> StudioConfig:
+    """Validate every section; raise ConfigError naming the field and its allowed range."""
+    for f in fields(cfg):
+        section = getattr(cfg, f.name)
+        try:
+            section.validate()
+        except SettingsError as e:
+            raise ConfigError(str(e)) from None
+        except ConfigError:
+            raise
+        except ValueError as e:  # sections from other packages raise plain ValueError
+            raise ConfigError(str(e) if str(e).startswith(f.name) else f"{f.name}: {e}") from None
+    return cfg
+
+
+def with_values(cfg: StudioConfig, values: dict[str, Any]) -> StudioConfig:
+    """A validated copy of cfg with dotted paths set; cfg itself is never touched."""
+    return validate(confio.set_paths(cfg, values))
+
+
+def to_json(cfg: StudioConfig) -> str:
+    return json.dumps(confio.to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_json(text: str | dict, base: StudioConfig | None = None) -> StudioConfig:
+    data = json.loads(text) if isinstance(text, str) else text
+    return validate(confio.from_dict(StudioConfig, data, base=base))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str, base: StudioConfig | None = None) -> StudioConfig:
+    """A preset from assets/presets/<name>.json laid over `base` (default: the defaults)."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.exists():
+        raise ConfigError(f"--preset {name!r}: unknown preset; choose one of {', '.join(preset_names())}")
+    data = json.loads(path.read_text())
+    data.pop("_comment", None)
+    return from_json(data, base=base or StudioConfig())
+
+
+def default_config(method: str | None = None) -> StudioConfig:
+    """The defaults for a method: its preset (sds -> sds, ism -> lucid, ssd -> stein)."""
+    preset = {"sds": "sds", "ism": "lucid", "ssd": "stein", None: "sds"}[method]
+    return load_preset(preset)
+
+
+def replace_section(cfg: StudioConfig, name: str, section: Any) -> StudioConfig:
+    return validate(replace(cfg, **{name: section}))
