@@ -191,6 +191,13 @@ class CameraBatch:
     radius: Tensor  # [B]
     buckets: list[str]
 
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def __getitem__(self, idx: slice) -> "CameraBatch":
+        return CameraBatch(self.cameras[idx], self.azimuth_deg[idx], self.elevation_deg[idx], self.radius[idx],
+                           self.buckets[idx])
+
 
 class CameraSampler:
     """Draws training cameras from `CameraRanges` with its own seeded generator (state saved in checkpoints)."""

@@ -101,13 +101,17 @@ class Session:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.drain()
-            if self._should_step():
-                self._one_step()
-            else:
-                self.publish()
+            try:
+                self.drain()
+                if self._should_step():
+                    self._one_step()
+                else:
+                    self.publish()
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+            except Exception as e:  # noqa: BLE001 -- outside the step (publishing, a command): pause, keep going
+                self._fail(e)
                 self._wake.wait(0.05)
-                self._wake.clear()
         self.drain()
         self.publish(force=True)
 
@@ -172,7 +176,10 @@ class Session:
         self.event("error", f"step {self.trainer.iteration} failed and the session paused{note}: "
                             f"{self.last_error}")
         self.traceback = tb
-        self.publish(force=True)
+        try:
+            self.publish(force=True)
+        except Exception as pub:  # noqa: BLE001 -- the snapshot keeps its last good state
+            self.event("error", f"publishing a snapshot failed: {type(pub).__name__}: {pub}")
 
     # ----- events and snapshots ---------------------------------------------------------------------
     def event(self, level: str, text: str, path: str | None = None) -> Event:
