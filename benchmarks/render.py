@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 # working threads on a busy machine; it reads this once, when torch loads it. See tests/conftest.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numba  # noqa: E402
 import torch  # noqa: E402
 
 from renderers import GaussianParams, orbit  # noqa: E402
@@ -41,7 +38,8 @@ from renderers.camera import Cameras  # noqa: E402
 from renderers.cpu import count_pairs, render_cpu  # noqa: E402
 from renderers.reference import render_reference  # noqa: E402
 
-BEGIN, END = "<!-- render:begin -->", "<!-- render:end -->"
+from common import machine, median_ms, write_section  # noqa: E402  (benchmarks/ is sys.path[0])
+
 REF_BYTES_PER_PAIR = 72  # measured peak RSS of a reference forward + backward, per pixel-Gaussian pair
 TARGET = (4000, 64, 30.0, 60.0)  # N, pixels, minimum speed-up and maximum ms of the cpu fwd+bwd
 
@@ -61,17 +59,6 @@ def init_scene(n: int, seed: int = 0) -> GaussianParams:
     for t in (params.means, params.quats, params.scales, params.opacities, params.sh):
         t.requires_grad_(True)
     return params
-
-
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def time_renderer(render, params: GaussianParams, cams: Cameras, warmup: int, repeats: int) -> tuple[float, float]:
@@ -134,34 +121,6 @@ def target_line(rows: list[dict]) -> str:
     return "Target case (4000 Gaussians, 64 px, with the reference) not in this run."
 
 
-def machine(load: str) -> str:
-    """CPU model, cores, the load when the run started, versions and thread counts (call after a render)."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    return (f"{model}, {os.cpu_count()} cores (load average at start: {load}); Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba {numba.__version__} "
-            f"({numba.get_num_threads()} threads, {numba.threading_layer()} threading layer), "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-
-
-def write_docs(table: str, path: Path) -> None:
-    section = f"{BEGIN}\n{table}\n{END}"
-    intro = "# Benchmarks\n\nMeasured tables; each section names the command that produced it.\n"
-    text = path.read_text() if path.exists() else intro
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one small case (smoke test, well under a minute)")
@@ -184,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     table = (f"## Rendering\n\nCommand: {command} ({time.strftime('%Y-%m-%d')}). Machine: {host}.\n\n"
              f"{__doc__.split(chr(10) * 2, 2)[2].strip()}\n\n{HEADER}\n" + "\n".join(format_row(r) for r in rows)
              + f"\n\n{target_line(rows)}")
-    write_docs(table, ROOT / "docs" / "BENCHMARKS.md")
+    write_section("render", table, ROOT / "docs" / "BENCHMARKS.md")
     print(f"\nwrote {ROOT / 'docs' / 'BENCHMARKS.md'}")
 
 
