@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .snapshot import Snapshot, Splats, to_uint8
@@ -13,15 +14,20 @@ if TYPE_CHECKING:
     from .session import Session
 
 
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A float32 numpy copy: on CPU, .numpy() would share memory with the live parameters."""
+    return np.array(t.detach().float().cpu().numpy(), copy=True)
+
+
 def splats_of(params) -> Splats:
     p = params.detach()
     return Splats(
-        means=p.means.float().cpu().numpy(),
-        scales=p.scales.float().cpu().numpy(),
-        quats=torch.nn.functional.normalize(p.quats.float(), dim=-1).cpu().numpy(),
-        opacities=p.opacities.float().cpu().numpy(),
-        rgbs=(p.sh[:, 0].float() * 0.28209479177387814 + 0.5).clamp(0, 1).cpu().numpy(),
-        sh=p.sh.float().cpu().numpy(),
+        means=_host(p.means),
+        scales=_host(p.scales),
+        quats=_host(torch.nn.functional.normalize(p.quats.float(), dim=-1)),
+        opacities=_host(p.opacities),
+        rgbs=_host((p.sh[:, 0].float() * 0.28209479177387814 + 0.5).clamp(0, 1)),
+        sh=_host(p.sh),
     )
 
 

@@ -1,0 +1,193 @@
+"""What both front-ends share, independent of any widget toolkit.
+
+- `button_command`, `load_command`: a panel Button's action or a file path -> the Command to send.
+- `widget_value`, `config_value`, `slider_is_int`: a Control's value as the widget holds it <-> as the
+  config holds it (so a front-end can compare, revert a refused edit, or show a change made elsewhere).
+- `status_parts`, `status_line`, `progress_percent`, `format_duration`, `readout_text`: the transport line's text.
+- `PLOTS`, `plot_series`: which metrics are plotted and their (step, value) arrays, thinned for drawing.
+- `EventTracker`: which session events a front-end has not shown yet.
+- `changed_paths`: which controls a config change touched (to refresh only those widgets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import commands as C
+from .. import confio
+from ..controls import Control, Readout
+from ..snapshot import Event, Snapshot
+
+CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
+PLY_SUFFIXES = (".ply",)
+
+
+def button_command(action: str) -> C.Command:
+    """The Command behind a panel Button's action (see controls.Button); ValueError for unknown ones."""
+    simple: dict[str, C.Command] = {
+        "pause": C.Pause(), "resume": C.Resume(), "step": C.StepOnce(1), "reset": C.Reset(),
+        "checkpoint": C.SaveCheckpoint(),
+    }
+    if action in simple:
+        return simple[action]
+    if action.startswith("export:"):
+        return C.Export(formats=(action.split(":", 1)[1],))
+    raise ValueError(f"unknown button action {action!r}; expected pause, resume, step, reset, checkpoint "
+                     "or export:<format>")
+
+
+def load_command(path: str | Path) -> C.LoadCheckpoint | C.LoadPly:
+    """Loading a file to continue from: a studio checkpoint (.pt) or a 3DGS PLY, chosen by suffix.
+
+    Raises CommandError (shown to the user) for an empty path or another suffix."""
+    text = str(path).strip()
+    if not text:
+        raise C.CommandError("load: type the path of a checkpoint (.pt) or a 3DGS .ply file")
+    suffix = Path(text).suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return C.LoadCheckpoint(text)
+    if suffix in PLY_SUFFIXES:
+        return C.LoadPly(text)
+    raise C.CommandError(f"load: {Path(text).name} is neither a checkpoint (.pt) nor a .ply file")
+
+
+def slider_is_int(control: Control, cfg: Any) -> bool:
+    """Whether a slider / number widget holds ints: the config field's value decides, not the bounds."""
+    value = confio.get_path(cfg, control.path)
+    return control.kind == "int" or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def widget_value(control: Control, cfg: Any) -> Any:
+    """The config's value at control.path as the widget holds it (str for dropdowns, tuple for ranges)."""
+    value = confio.get_path(cfg, control.path)
+    if control.kind == "dropdown":
+        return str(value)
+    if control.kind == "range":
+        return tuple(float(v) for v in value)
+    if control.kind == "checkbox":
+        return bool(value)
+    if control.kind == "text":
+        return str(value)
+    return int(value) if slider_is_int(control, cfg) else float(value)
+
+
+def config_value(control: Control, value: Any) -> Any:
+    """A widget's value as sent in UpdateSettings (the session coerces and validates it)."""
+    if control.kind == "range":
+        return tuple(value)
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Widget values are equal (floats within a relative 1e-9: widgets round-trip through JSON)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def changed_paths(controls: list[Control], old: Any, new: Any) -> list[Control]:
+    """The controls whose config value differs between configs `old` and `new`."""
+    if old is new:
+        return []
+    return [c for c in controls if not same_value(widget_value(c, old), widget_value(c, new))]
+
+
+# ----- status ---------------------------------------------------------------------------------------
+def format_duration(seconds: float) -> str:
+    """12.3 -> '0:12', 3725 -> '1:02:05'."""
+    s = int(max(0.0, seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def run_state(snap: Snapshot) -> str:
+    if snap.last_error:
+        return "stopped on error"
+    return "paused" if snap.paused else "running"
+
+
+def status_parts(snap: Snapshot) -> list[str]:
+    """['running', 'it 120 / 600', '7.1 it/s', '2,000 Gaussians', '0:17']: the transport line's pieces."""
+    its = f"{snap.its:.1f} it/s" if not snap.paused else "– it/s"
+    return [run_state(snap), f"it {snap.iteration:,} / {snap.planned_steps:,}", its,
+            f"{snap.num_gaussians:,} Gaussians", format_duration(snap.elapsed)]
+
+
+def status_line(snap: Snapshot) -> str:
+    """'running · it 120 / 600 · 7.1 it/s · 2,000 Gaussians · 0:17' (plain text, one line)."""
+    return " · ".join(status_parts(snap))
+
+
+def progress_percent(snap: Snapshot) -> float:
+    """Progress towards the planned steps, in [0, 100] (a run continued past its plan shows 100)."""
+    if snap.planned_steps <= 0:
+        return 0.0
+    return float(min(100.0, 100.0 * snap.iteration / snap.planned_steps))
+
+
+def readout_text(snap: Snapshot, readout: Readout) -> str:
+    value = snap.latest.get(readout.metric)
+    if value is None or not isinstance(value, float):
+        return "–"
+    return format(value, readout.fmt)
+
+
+# ----- plots ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plot:
+    metric: str  # key of Snapshot.metrics
+    title: str
+    log_y: bool = False
+    procedural_only: bool = False  # only meaningful with the procedural prior (a known answer)
+
+
+PLOTS: tuple[Plot, ...] = (
+    Plot("loss", "Loss", log_y=True),
+    Plot("grad_var", "Gradient variance", log_y=True),
+    Plot("psnr_ref", "PSNR to nearest reference, dB", procedural_only=True),
+)
+
+
+def plot_series(snap: Snapshot, metric: str, max_points: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [P], values [P]) of one metric, P <= max_points: thinned by block means so that a long run
+    still draws quickly and noise is averaged rather than aliased. Non-finite values are dropped (and so
+    absent from the plot, which is visible); empty arrays when the metric has no points yet."""
+    series = snap.metrics.get(metric, ())
+    if not series:
+        return np.zeros(0), np.zeros(0)
+    arr = np.asarray(series, dtype=np.float64)  # [P, 2]
+    arr = arr[np.isfinite(arr[:, 1])]
+    n = arr.shape[0]
+    if n > max_points:
+        block = math.ceil(n / max_points)
+        usable = (n // block) * block
+        head = arr[:usable].reshape(-1, block, 2).mean(axis=1)
+        tail = arr[usable:].mean(axis=0, keepdims=True) if usable < n else np.zeros((0, 2))
+        arr = np.concatenate([head, tail], axis=0)
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+# ----- events ---------------------------------------------------------------------------------------
+class EventTracker:
+    """Hands out each session event once. Events published before the front-end started are skipped
+    (they belong to an earlier window), unless `replay=True`."""
+
+    def __init__(self, snap: Snapshot, replay: bool = False):
+        self.last_id = 0 if replay or not snap.events else snap.events[-1].id
+
+    def new(self, snap: Snapshot) -> list[Event]:
+        fresh = [e for e in snap.events if e.id > self.last_id]
+        if fresh:
+            self.last_id = fresh[-1].id
+        return fresh
