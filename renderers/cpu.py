@@ -20,10 +20,16 @@ with D = 7 (rgb, camera z, normal). Steps:
 
 Kernels run in float64 whatever the input dtype (scalar code: as fast as float32 here, and the
 reconstruction of T by division stays accurate); results are cast back.
+
+`render_many_forward` is the forward-only path for many scenes at once (the procedural prior's
+reference objects): one projection for all of them, one compositing pass per distinct geometry with
+every colouring of it as extra feature channels, no normals, no autograd, and `forward_only_kernel`,
+which composites each pixel exactly as `forward_kernel` does with less bookkeeping around it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
@@ -32,8 +38,9 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .cpu_kernels import GRAD_COLS, TILE, backward_kernel, bin_kernel, forward_kernel
-from .projection import project, shading_features
+from .cpu_kernels import GRAD_COLS, TILE, backward_kernel, bin_kernel, forward_kernel, forward_only_kernel
+from .projection import Projection, project, shading_features
+from .sh import sh_to_color
 from .reference import check_inputs, empty_output
 from .types import GaussianParams, RenderInputError, RenderOutput
 
@@ -194,3 +201,117 @@ def count_pairs(params: GaussianParams, cameras: Cameras) -> tuple[int, int]:
         proj, feats, opac, tiling = _screen_space(params, cameras)
         evals = _forward(tiling, *_flat_arrays(proj.means2d, proj.conics, feats, opac))[3]
     return int(evals.sum()), int(tiling.flat_ids.shape[0])
+
+
+def _geometry_key(params: GaussianParams) -> tuple:
+    """Identity of the geometry tensors (equal keys: the same memory, hence the same values) and the
+    number of SH coefficients, so that a group's colours stack."""
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+                 for t in (params.means, params.quats, params.scales, params.opacities)) + (params.sh.shape[1:],)
+
+
+def _check_scenes(scenes: Sequence[GaussianParams], groups: list[list[int]]) -> None:
+    """Validate each geometry once and every scene's colours (the rest is shared within a group)."""
+    if any(s.device.type != "cpu" for s in scenes) or len({s.dtype for s in scenes}) != 1:
+        raise RenderInputError(
+            "render_many_forward: scenes must share one dtype and live on the CPU, got dtypes "
+            f"{sorted({str(s.dtype) for s in scenes})}, devices {sorted({str(s.device) for s in scenes})}")
+    for members in groups:
+        scenes[members[0]].validate()
+        for i in members[1:]:
+            sh, n = scenes[i].sh, scenes[i].num_gaussians
+            if sh.dim() != 3 or sh.shape[0] != n or sh.shape[2] != 3 or sh.shape[1] not in (1, 4, 9, 16, 25):
+                raise RenderInputError(f"scene {i}: GaussianParams.sh: expected shape (N={n}, K, 3), "
+                                       f"K in 1, 4, 9, 16, 25, got {tuple(sh.shape)}")
+            if not torch.isfinite(sh).all():
+                raise RenderInputError(f"scene {i}: GaussianParams.sh: {int((~torch.isfinite(sh)).sum())} "
+                                       "non-finite values (NaN or inf); the scene is corrupt")
+
+
+def _composite_group(sh: Tensor, opacities: Tensor, proj: Projection, view_dirs: Tensor, cameras: Cameras
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite M colourings of one geometry in one pass.
+
+    Args:
+        sh:        [M, N, K, 3] the colourings
+        opacities: [N]
+        proj:      the geometry's projection (tensors [B, N, ...])
+        view_dirs: [B, N, 3] means minus camera centres
+    Returns:
+        colour images [M, B, H, W, 3] (no background), alpha [B, H, W, 1], depth [B, H, W, 1]
+    """
+    M, N = sh.shape[:2]
+    B, H, W = len(cameras), cameras.height, cameras.width
+    # as shading_features computes them; at SH degree 0 they do not depend on the view: one camera serves
+    dirs = view_dirs[:1] if sh.shape[2] == 1 else view_dirs
+    colors = sh_to_color(sh[:, None], dirs[None]).expand(M, B, N, 3)
+    feats = torch.cat([colors.permute(1, 2, 0, 3).reshape(B, N, 3 * M), proj.depths[..., None]], dim=-1)
+    tiling = bin_gaussians(proj.means2d, proj.radii, proj.depths, W, H)
+    arrays = _flat_arrays(proj.means2d, proj.conics, feats, opacities[None].expand(B, N))
+    out_feat, out_T = np.zeros((B, H, W, 3 * M + 1)), np.empty((B, H, W))
+    with numba.parallel_chunksize(1):  # tiles differ in cost: hand them out one at a time
+        forward_only_kernel(*arrays, tiling.tile_start, tiling.flat_ids, B, H, W, tiling.tiles_x,
+                            tiling.tiles_y, out_feat, out_T)
+    # the casts and operations of `rasterize` + `render_cpu`, so that the results are the same
+    feat_img = torch.from_numpy(out_feat).to(sh.dtype)
+    alpha = torch.from_numpy(1.0 - out_T).to(sh.dtype)[..., None]
+    color_img = feat_img[..., :3 * M].view(B, H, W, M, 3).permute(3, 0, 1, 2, 4)
+    return color_img, alpha, feat_img[..., 3 * M:] / alpha.clamp_min(1e-10)
+
+
+def render_many_forward(scenes: Sequence[GaussianParams], cameras: Cameras, background: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward-only renders of S scenes from the same B cameras: `render_cpu`'s rgb, alpha and depth
+    for each scene (no normals, no autograd), in few passes.
+
+    All geometries are projected in one call. Scenes that share their geometry tensors (the very same
+    means, quats, scales and opacities, as guidance's ObjectLibrary builds for objects that differ only
+    in colour) are composited together: a pixel's compositing weights depend on geometry alone, so each
+    scene's colours ride along as three more feature channels. The per-pixel arithmetic and its order
+    are `render_cpu`'s, so the results equal separate `render_cpu` calls.
+
+    Args:
+        scenes: S activated Gaussian sets on the CPU, one dtype (validated here)
+        cameras: B cameras of size H x W
+        background: [3] or [B, 3] colour behind the scenes
+    Returns:
+        rgb [S, B, H, W, 3], alpha [S, B, H, W, 1], depth [S, B, H, W, 1] (0 where alpha = 0)
+    """
+    if not scenes:
+        raise RenderInputError("render_many_forward: expected at least one scene, got none")
+    by_key: dict[tuple, list[int]] = {}
+    for i, s in enumerate(scenes):
+        by_key.setdefault(_geometry_key(s), []).append(i)
+    _check_scenes(scenes, list(by_key.values()))
+    bg = check_inputs(scenes[0], cameras, background)
+    S, B, H, W = len(scenes), len(cameras), cameras.height, cameras.width
+    rgb, alpha, depth = (torch.empty(S, B, H, W, c, dtype=bg.dtype) for c in (3, 1, 1))
+    groups = []
+    for members in by_key.values():
+        if scenes[members[0]].num_gaussians > 0:
+            groups.append(members)
+            continue
+        for i in members:  # empty scenes show the background
+            rgb[i], alpha[i], depth[i] = bg[:, None, None, :], 0.0, 0.0
+    if not groups:
+        return rgb, alpha, depth
+    with torch.no_grad():
+        geos = [scenes[m[0]] for m in groups]
+        means, quats, scales, opac = (torch.cat([getattr(g, f) for g in geos])
+                                      for f in ("means", "quats", "scales", "opacities"))
+        joint = GaussianParams(means, quats, scales, opac, means.new_zeros(means.shape[0], 1, 3))  # sh unused
+        proj = project(joint, cameras)  # one call for every geometry: the per-call overhead dominates
+        view_dirs = joint.means[None] - cameras.centers.to(joint.device, joint.dtype)[:, None, :]  # [B, N, 3]
+        start = 0
+        for members, geo in zip(groups, geos):
+            sl = slice(start, start + geo.num_gaussians)
+            start = sl.stop
+            part = Projection(*(getattr(proj, f)[:, sl] for f in ("means2d", "conics", "depths", "radii",
+                                                                   "means_c", "rot_c")))
+            sh = torch.stack([scenes[i].sh for i in members])  # [M, N, K, 3]
+            colors, a, d = _composite_group(sh, geo.opacities, part, view_dirs[:, sl], cameras)
+            behind = (1.0 - a) * bg[:, None, None, :]  # [B, H, W, 3]
+            for j, i in enumerate(members):  # per scene: an index_put of the whole group costs 6x more
+                torch.add(colors[j], behind, out=rgb[i])
+                alpha[i], depth[i] = a, d
+    return rgb, alpha, depth

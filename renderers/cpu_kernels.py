@@ -19,6 +19,7 @@ from .reference import ALPHA_MAX, ALPHA_MIN, T_MIN
 TILE = 16
 GRAD_COLS = 6  # gradient row per intersection: d means2d (2), d conic (3), d opacity (1), then d features
 _CUT_MARGIN = 1e-9  # added to the alpha >= 1/255 cut-off in sigma so that rounding never skips a pixel
+SPAN_MARGIN = 1e-3  # pixels by which `forward_only_kernel` widens each row's chord where sigma <= cut-off
 
 
 @numba.njit(cache=True, fastmath=False)
@@ -213,3 +214,78 @@ def backward_kernel(means2d, conics, feats, opac, tile_start, flat_ids, n_img, h
                         grad_k[5] += v_alpha * vis
                 if touched:  # only this tile's thread writes rows[start:end]
                     rows[start + k] += grad_k
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def forward_only_kernel(means2d, conics, feats, opac, tile_start, flat_ids, n_img, height, width, tiles_x,
+                        tiles_y, out_feat, out_T):
+    """`forward_kernel` for renders nobody differentiates: out_feat [n_img, H, W, D] and final T only.
+
+    Every pixel meets the same Gaussians in the same order with the same arithmetic, so the results are
+    those of `forward_kernel`. What differs is the bookkeeping: a tile's list is walked once, Gaussian
+    by Gaussian, over only the rows it reaches (rather than once per row), each row's pixels are the
+    exact chord where sigma <= cut-off (widened by SPAN_MARGIN; `_row_span` adds 3 pixels), and the
+    loops create no array views (their reference counting cost more than the compositing)."""
+    per_img = tiles_x * tiles_y
+    D = feats.shape[1]
+    for t in prange(n_img * per_img):
+        b, ty, tx = t // per_img, (t % per_img) // tiles_x, t % tiles_x
+        x0, y0 = tx * TILE, ty * TILE
+        npx, npy = min(width, x0 + TILE) - x0, min(height, y0 + TILE) - y0
+        T, acc = np.ones((TILE, TILE)), np.zeros((TILE, TILE, D))
+        done = np.zeros((TILE, TILE), np.bool_)
+        row_active = np.full(TILE, npx, np.int64)  # pixels of each row not yet done
+        rows_left = npy
+        for k in range(tile_start[t], tile_start[t + 1]):
+            g = flat_ids[k]
+            u, v, ca, cb, cc, o = means2d[g, 0], means2d[g, 1], conics[g, 0], conics[g, 1], conics[g, 2], opac[g]
+            cut = np.log(max(o / ALPHA_MIN, 1e-300)) + _CUT_MARGIN  # as in _gather_tile
+            det = ca * cc - cb * cb
+            if not (cut > 0.0 and det > 0.0):
+                continue
+            reach = np.sqrt(2.0 * cut * ca / det) + 1.0
+            r0 = max(0, int(np.floor(v - reach - 0.5)) - y0)
+            r1 = min(npy - 1, int(np.ceil(v + reach - 0.5)) - y0)
+            # Row at offset dy: a dx^2 + 2 b dy dx + c dy^2 <= 2 cut for dx in centre -+ sqrt(disc) / a, with
+            # disc = 2 a cut - det dy^2; the tolerance (at least `_row_span`'s) covers the rounding.
+            inv_a, b_a, two_a_cut, spread = 1.0 / ca, cb / ca, 2.0 * ca * cut, ca * cc + cb * cb
+            for r in range(r0, r1 + 1):
+                if row_active[r] == 0:
+                    continue
+                dy = y0 + r + 0.5 - v
+                disc = two_a_cut - det * dy * dy
+                tol = 1e-9 * (two_a_cut + spread * dy * dy + 1.0)
+                if disc < -tol:
+                    continue
+                half = np.sqrt(max(disc, 0.0) + tol) * inv_a
+                centre = u - b_a * dy - x0 - 0.5  # pixel index of the sigma minimum along the row
+                lo = int(max(0.0, np.ceil(centre - half - SPAN_MARGIN)))
+                hi = int(min(float(npx), np.floor(centre + half + SPAN_MARGIN) + 1.0))
+                for p in range(lo, hi):
+                    if done[r, p]:
+                        continue
+                    dx = x0 + p + 0.5 - u
+                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < 0.0 or sigma > cut:
+                        continue
+                    alpha = min(ALPHA_MAX, o * np.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    next_T = T[r, p] * (1.0 - alpha)
+                    if next_T <= T_MIN:  # this pixel is done, before this Gaussian
+                        done[r, p] = True
+                        row_active[r] -= 1
+                        if row_active[r] == 0:
+                            rows_left -= 1
+                        continue
+                    w = alpha * T[r, p]
+                    for d in range(D):
+                        acc[r, p, d] += w * feats[g, d]
+                    T[r, p] = next_T
+            if rows_left == 0:
+                break
+        for r in range(npy):
+            for p in range(npx):
+                out_T[b, y0 + r, x0 + p] = T[r, p]
+                for d in range(D):
+                    out_feat[b, y0 + r, x0 + p, d] = acc[r, p, d]

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from guidance.priors import PriorError, ProceduralPrior, make_prior, mode_commitment
 from guidance.priors.objects import ObjectLibrary, parse_library, prompt_words
-from renderers import make_renderer
+from renderers import GaussianParams, make_renderer
 from renderers.camera import CameraBatch, orbit, view_bucket
+from renderers.cpu import render_cpu, render_many_forward
 
 
 def camera_batch(size: int, azimuths=(30.0, 120.0), elevation: float = 25.0) -> CameraBatch:
@@ -250,3 +251,43 @@ def test_mode_commitment_separates_a_mode_from_the_average(prior):
     balls, _ = prior.reference_images("a ball", cams, bg)
     assert prior.commitment(balls[1], "a ball", cams, bg).mode_name == "blue_ball"
     assert float(mode_commitment(balls[0], balls[:1]).commitment) == 1.0
+
+
+class AnonymousRenderer:
+    """The cpu renderer without its name, so that the prior renders object by object through __call__."""
+
+    def __init__(self):
+        self.inner = make_renderer("cpu")
+
+    def __call__(self, *args):
+        return self.inner(*args)
+
+
+def test_fast_reference_renders_equal_the_cpu_renderer_object_by_object():
+    lib = ObjectLibrary()
+    cpu = torch.device("cpu")
+    cubes = lib.match("a cube") + lib.match("a red cube")
+    assert all(lib.scene(k, cpu).means is lib.scene(cubes[0], cpu).means for k in cubes), (
+        "objects that differ only in colour share their geometry tensors (one compositing pass)")
+    cams = camera_batch(20, azimuths=(30.0, 120.0, -150.0))
+    bg = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.5, 0.9], [0.0, 0.0, 0.0]])
+    scenes = [lib.scene(k, cpu) for k in range(len(lib.objects))]
+    rgb, alpha, depth = render_many_forward(scenes, cams.cameras, bg)  # [S, B, H, W, *]
+    assert rgb.shape == (len(scenes), 3, 20, 20, 3) and not rgb.requires_grad
+    for k, scene in enumerate(scenes):
+        want = render_cpu(scene, cams.cameras, bg)
+        for got, ref in ((rgb[k], want.rgb), (alpha[k], want.alpha), (depth[k], want.depth)):
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-5, msg=lib.names[k])
+    assert alpha.amax(dim=(1, 2, 3, 4)).min() > 0.99, "every object should be seen"
+
+    # Through the prior: the batched path gives the modes that object-by-object renders give.
+    fast, slow = ProceduralPrior(s_d=0.3), ProceduralPrior(s_d=0.3, renderer=AnonymousRenderer())
+    assert fast.renderer.name == "cpu"
+    cond = fast.embed("a red cube")
+    modes = [p.modes(p.view_cond(cond, cams, bg), "uncond") for p in (fast, slow)]
+    for f in ("refs", "depth", "disparity"):
+        torch.testing.assert_close(getattr(modes[0], f), getattr(modes[1], f), rtol=0, atol=1e-5, msg=f)
+    empty = GaussianParams(*(torch.zeros((0,) + s) for s in ((3,), (4,), (3,), (), (1, 3))))
+    rgb, alpha, depth = render_many_forward([empty, scenes[0]], cams.cameras, bg)
+    torch.testing.assert_close(rgb[0], bg[:, None, None, :].expand(3, 20, 20, 3))
+    assert alpha[0].max() == 0 and depth[0].max() == 0

@@ -277,8 +277,23 @@ class ObjectLibrary:
         return idx
 
     def scene(self, index: int, device: torch.device) -> GaussianParams:
-        """Object `index` as Gaussians on `device` (built once, then cached)."""
+        """Object `index` as Gaussians on `device` (built once, then cached).
+
+        Objects that differ only in colour (the textured cubes) share their geometry tensors (means,
+        quats, scales, opacities): the CPU renderer's `render_many_forward` composites such scenes in
+        one pass, their colours as extra channels."""
         key = (index, str(device))
         if key not in self._scenes:
-            self._scenes[key] = build_scene(self.objects[index]).to(device)
+            scene = build_scene(self.objects[index]).to(device)
+            self._scenes[key] = _share_geometry(scene, [s for (_, d), s in self._scenes.items() if d == str(device)])
         return self._scenes[key]
+
+
+def _share_geometry(scene: GaussianParams, built: list[GaussianParams]) -> GaussianParams:
+    """`scene` with the geometry tensors of an equal-geometry scene of `built`, if there is one."""
+    geometry = ("means", "quats", "scales", "opacities")
+    for other in built:
+        if other.num_gaussians == scene.num_gaussians and all(
+                torch.equal(getattr(scene, f), getattr(other, f)) for f in geometry):
+            return GaussianParams(other.means, other.quats, other.scales, other.opacities, scene.sh)
+    return scene

@@ -86,7 +86,8 @@ class Modes:
 
 @dataclass
 class ProceduralView:
-    """ViewCond.data: the cameras, the background and reference renders made on demand (per object)."""
+    """ViewCond.data: the cameras, the background and reference renders made on demand (per object;
+    the CPU renderer makes all that a branch needs in one forward-only call)."""
 
     cameras: Cameras
     background: Tensor  # [B, 3]
@@ -175,16 +176,28 @@ class ProceduralPrior:
             raise PriorError(f"procedural prior: background must be [3] or [B={B}, 3], got {tuple(bg.shape)}")
         return ViewCond(cond, B, ProceduralView(cams, bg.detach()))
 
-    def _render(self, view: ProceduralView, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        if k not in view.renders:
+    def _render(self, view: ProceduralView, idx: tuple[int, ...]) -> None:
+        """Render the objects of idx that view has not rendered yet, all at once where the renderer allows."""
+        todo = [k for k in dict.fromkeys(idx) if k not in view.renders]
+        if not todo:
+            return
+        scenes = [self.library.scene(k, self.device) for k in todo]
+        if getattr(self.renderer, "name", None) == "cpu":
+            # one forward-only pass per distinct geometry (the textured cubes share one), no normals
+            from renderers.cpu import render_many_forward
+
+            rgb, alpha, depth = render_many_forward(scenes, view.cameras, view.background)
+        else:
             with torch.no_grad():
-                out = self.renderer(self.library.scene(k, self.device), view.cameras, view.background)
-            rgb = out.rgb.permute(0, 3, 1, 2).float()  # [B, 3, H, W]
-            hit = out.alpha.permute(0, 3, 1, 2) > 0.5
-            depth = torch.where(hit, out.depth.permute(0, 3, 1, 2).float(),
-                                torch.full_like(rgb[:, :1], self.settings.far_depth))
-            view.renders[k] = (rgb, depth, 1.0 / depth.clamp_min(1e-6))
-        return view.renders[k]
+                outs = [self.renderer(s, view.cameras, view.background) for s in scenes]
+            rgb, alpha, depth = (torch.stack([getattr(o, f) for o in outs]) for f in ("rgb", "alpha", "depth"))
+        rgb = rgb.permute(0, 1, 4, 2, 3).float()  # [S, B, 3, H, W]
+        hit = alpha.permute(0, 1, 4, 2, 3) > 0.5
+        depth = torch.where(hit, depth.permute(0, 1, 4, 2, 3).float(),
+                            torch.full_like(rgb[:, :, :1], self.settings.far_depth))
+        disp = 1.0 / depth.clamp_min(1e-6)
+        for i, k in enumerate(todo):
+            view.renders[k] = (rgb[i], depth[i], disp[i])
 
     def modes(self, vc: ViewCond, branch: str) -> Modes:
         """The mixture of branch "cond" (the prompt) or "uncond" for vc's cameras."""
@@ -193,7 +206,10 @@ class ProceduralPrior:
         view: ProceduralView = vc.data
         idx = vc.cond.data.cond if branch == "cond" else vc.cond.data.uncond
         if idx not in view.stacks:
-            rgb, depth, disp = (torch.stack(x) for x in zip(*(self._render(view, k) for k in idx)))
+            # The unconditional branch is used beside the conditional one (CFG, ISM's inversion then
+            # CFG): render both branches' objects in one pass, which shares the cubes' geometry.
+            self._render(view, idx if branch == "cond" else idx + vc.cond.data.cond)
+            rgb, depth, disp = (torch.stack(x) for x in zip(*(view.renders[k] for k in idx)))
             log_pi = torch.full((len(idx),), -math.log(len(idx)), device=self.device)
             view.stacks[idx] = Modes(2 * rgb - 1, log_pi, depth, disp)
         return view.stacks[idx]

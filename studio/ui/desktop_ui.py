@@ -1,0 +1,342 @@
+"""The desktop studio: a DearPyGui window with the renderer's view of the scene, the control panel
+generated from `studio/controls.py`, live plots, and keyboard shortcuts.
+
+    python app.py --ui desktop
+
+`open_window(session)` blocks until the window closes. `DesktopStudio(session)` is the same window
+driven one `frame()` at a time (tests, benchmarks); one per process (GLFW on X11 does not survive
+being terminated and initialized again). Threads: left alone, DearPyGui 2 runs callbacks on a thread of
+its own, racing `frame()`; here they are queued (manual callback management) and run inside `frame()` on
+the main thread, so the view state needs no lock. They only send commands, never touch the session's
+tensors; the view is rendered from the snapshot's numpy arrays (desktop_view.py). Closing stops the
+worker and writes a checkpoint when the scene changed since the last one, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import dearpygui.dearpygui as dpg
+import numpy as np
+
+from .. import commands as C
+from ..session import Session
+from ..snapshot import Event, Snapshot
+from . import common
+from .desktop_panel import LEVEL_COLOUR, Panel
+from .desktop_view import OrbitView, ViewportRenderer, WindowSettings
+
+HINT = "drag: orbit · wheel: zoom · right-drag: pan · space: pause/resume · s: step · e: export PLY · r: reset view"
+LOG_LINES = 7
+FONT_SIZE = 14
+FONT_CANDIDATES = (  # a font with Greek (δT, μ) and typographic dashes; DearPyGui's own has neither
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/segoeui.ttf",
+)
+IDLE_AFTER_S = 1.0  # seconds without input before the window drops to idle_fps
+PLOT_HZ = 2.0  # plot redraws per second while training
+
+
+def display_problem(env: dict | None = None, platform: str = sys.platform) -> str | None:
+    """Why no window can open here (one line), or None. Linux needs an X display that answers (the
+    window is GLFW on X11 / XWayland); without one GLFW would abort with an assertion."""
+    env = os.environ if env is None else env
+    if not platform.startswith("linux"):
+        return None
+    display = env.get("DISPLAY", "")
+    if not display:
+        return "no display (DISPLAY is not set)"
+    lib = ctypes.util.find_library("X11")
+    if lib is None:
+        return None  # cannot ask the server; let GLFW try
+    x11 = ctypes.CDLL(lib)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    handle = x11.XOpenDisplay(display.encode())
+    if not handle:
+        return f"cannot open display {display!r}"
+    x11.XCloseDisplay(handle)
+    return None
+
+
+def font_file() -> Path | None:
+    """The first font of FONT_CANDIDATES (or matplotlib's DejaVu Sans) that exists here, else None."""
+    paths = [Path(p) for p in FONT_CANDIDATES]
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        paths.append(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+    return next((p for p in paths if p.is_file()), None)
+
+
+def headless_message(problem: str, port: int = 8080) -> str:
+    return (f"error: the desktop studio needs a display: {problem}. On a headless machine use the browser "
+            f"studio instead: python app.py --ui viser --port {port} (then open http://127.0.0.1:{port}, "
+            f"through ssh -L {port}:127.0.0.1:{port} from another machine)")
+
+
+def open_window(session: Session, settings: WindowSettings = WindowSettings()) -> int:
+    """Open the studio window, start training, block until the window is closed. Returns the exit code
+    (2 without a display, after one line on stderr)."""
+    problem = display_problem()
+    if problem is not None:
+        print(headless_message(problem), file=sys.stderr)
+        return 2
+    studio = DesktopStudio(session, settings)
+    try:
+        session.send(C.Resume())
+        session.start()
+        while dpg.is_dearpygui_running():
+            studio.frame()
+            studio.pace()
+    except KeyboardInterrupt:  # Ctrl-C in the terminal closes the window like its close button
+        pass
+    finally:
+        saved = studio.close()
+    if saved is not None:
+        print(f"checkpoint written on close: {saved}")
+    return 0
+
+
+class DesktopStudio:
+    """The window's pieces. Tests drive it: `frame()`, `panel.items[path]`, `panel.buttons[action]`,
+    `view` (OrbitView), `grab()` (the window's pixels), `close()`."""
+
+    def __init__(self, session: Session, settings: WindowSettings = WindowSettings(), *,
+                 width: int = 1280, height: int = 800):
+        settings.validate()
+        self.session = session
+        self.settings = settings
+        cfg = session.config
+        self.view = OrbitView.for_config(cfg, settings.display)
+        self.viewport = ViewportRenderer(settings, cfg.render.renderer)
+        snap = session.snapshot
+        self.events = common.EventTracker(snap)
+        self.saved_iteration = snap.iteration if _saved(snap.events) else None
+        self.frame_ms: deque[float] = deque(maxlen=600)
+        self._seen_version = -1
+        self._plotted, self._last_plot = -1, -float("inf")  # iteration and time of the last plot update
+        self._buttons_down = {dpg.mvMouseButton_Left: False, dpg.mvMouseButton_Right: False}
+        self._drag = dict.fromkeys(self._buttons_down, False)
+        self._mouse = (0.0, 0.0)
+        self._last_frame = self._last_input = time.perf_counter()
+        self._log: deque[tuple[str, str]] = deque(maxlen=LOG_LINES)
+        self._closed = False
+        dpg.create_context()
+        dpg.configure_app(manual_callback_management=True)
+        dpg.create_viewport(title=f"Gaussian Dreamer Studio: {cfg.prompt.prompt}", width=width, height=height)
+        self._build(width, height)
+        dpg.setup_dearpygui()
+        dpg.show_viewport()
+
+    # ----- layout -----------------------------------------------------------------------------------
+    def _build(self, width: int, height: int) -> None:
+        n, shown = self.settings.size, self.settings.display
+        path = font_file()
+        if path is not None:
+            with dpg.font_registry():
+                font = dpg.add_font(str(path), FONT_SIZE)  # glyph ranges load on demand (DearPyGui 2)
+            dpg.bind_font(font)
+        with dpg.texture_registry():
+            self.texture = dpg.add_raw_texture(n, n, self.viewport.buffer, format=dpg.mvFormat_Float_rgba)
+        left, plots_w = shown + 16, max(300, (width - shown - 16) // 2 - 8)
+        with dpg.window(tag="studio") as self.window:
+            with dpg.group(horizontal=True):
+                with dpg.child_window(width=left, border=False):
+                    self.image = dpg.add_image(self.texture, width=shown, height=shown)
+                    dpg.add_text(HINT, wrap=shown)
+                    with dpg.group(horizontal=True):
+                        dpg.add_button(label="Reset view", callback=lambda s, a, u=None: self.view.reset())
+                        self.render_info = dpg.add_text("")
+                    self.status = dpg.add_text("", wrap=shown)
+                    self.progress = dpg.add_progress_bar(width=shown)
+                    self.log_lines = [dpg.add_text("", wrap=shown) for _ in range(LOG_LINES)]
+                with dpg.child_window(width=-plots_w - 8, border=False):
+                    self.panel = Panel(self.session, self.message)
+                with dpg.child_window(width=-1, border=False):
+                    self.plots = self._build_plots(height)
+        dpg.set_primary_window(self.window, True)
+        with dpg.handler_registry():
+            dpg.add_mouse_wheel_handler(callback=self._on_wheel)
+            for key, action in ((dpg.mvKey_Spacebar, "toggle"), (dpg.mvKey_S, "step"),
+                                (dpg.mvKey_E, "export"), (dpg.mvKey_R, "view")):
+                dpg.add_key_press_handler(key=key, callback=self._on_key, user_data=action)
+
+    def _build_plots(self, height: int) -> dict[str, tuple[int | str, bool]]:
+        """One plot per common.PLOTS entry: {metric: (line series, log y)}."""
+        procedural = self.session.config.prior.model == "procedural"
+        wanted = [p for p in common.PLOTS if procedural or not p.procedural_only]
+        out = {}
+        for p in wanted:
+            with dpg.plot(label=p.title, height=(height - 60) // len(wanted), width=-1):
+                dpg.add_plot_axis(dpg.mvXAxis, label="step", auto_fit=True)
+                scale = dpg.mvPlotScale_Log10 if p.log_y else dpg.mvPlotScale_Linear
+                with dpg.plot_axis(dpg.mvYAxis, scale=scale, auto_fit=True):
+                    series = dpg.add_line_series([], [], label=p.metric)
+            out[p.metric] = (series, p.log_y)
+        return out
+
+    # ----- one frame --------------------------------------------------------------------------------
+    def frame(self) -> None:
+        """Run queued callbacks, follow the mouse and the session, draw one frame."""
+        t0 = time.perf_counter()
+        dpg.run_callbacks(dpg.get_callback_queue())
+        self._poll_mouse()
+        snap = self.session.snapshot
+        if snap.version != self._seen_version:
+            self._on_snapshot(snap)
+        self.panel.sync(snap)
+        if self.viewport.update(snap, self.view):
+            dpg.set_value(self.texture, self.viewport.buffer)
+            info = self.viewport.last_error or f"view {self.viewport.last_size} px, {self.viewport.last_ms:.0f} ms"
+            dpg.set_value(self.render_info, info)
+        dpg.render_dearpygui_frame()
+        self.frame_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    def pace(self) -> None:
+        """Sleep out the rest of the frame budget so the window leaves the CPU to training: 1 / fps
+        within a second of the last input, 1 / idle_fps after."""
+        interacting = time.perf_counter() - self._last_input < IDLE_AFTER_S
+        budget = 1.0 / (self.settings.fps if interacting else self.settings.idle_fps)
+        spare = budget - (time.perf_counter() - self._last_frame)
+        if spare > 0:
+            time.sleep(spare)
+        self._last_frame = time.perf_counter()
+
+    def mark_input(self) -> None:
+        """The user did something: draw at the interactive fps for the next second."""
+        self._last_input = time.perf_counter()
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self._seen_version = snap.version
+        dpg.set_value(self.status, common.status_line(snap))
+        dpg.set_value(self.progress, common.progress_percent(snap) / 100.0)
+        dpg.configure_item(self.progress, overlay=f"{common.progress_percent(snap):.0f} %")
+        for event in self.events.new(snap):
+            self._on_event(event, snap)
+        now = time.perf_counter()
+        if snap.iteration != self._plotted and (snap.paused or now - self._last_plot >= 1.0 / PLOT_HZ):
+            self._update_plots(snap)
+            self._plotted, self._last_plot = snap.iteration, now
+
+    def _update_plots(self, snap: Snapshot) -> None:
+        """Redraw the curves (a long history takes milliseconds to convert: at most PLOT_HZ while training)."""
+        for metric, (series, log_y) in self.plots.items():
+            xs, ys = common.plot_series(snap, metric)
+            if log_y:  # a log axis cannot show 0 (grad_var of a batch of one camera)
+                xs, ys = xs[ys > 0], ys[ys > 0]
+            dpg.set_value(series, [xs.tolist(), ys.tolist()])
+
+    def _on_event(self, event: Event, snap: Snapshot) -> None:
+        if _saved((event,)):
+            self.saved_iteration = snap.iteration
+        where = f" -> {event.path}" if event.path else ""
+        self.message(event.level, event.text + where)
+
+    def message(self, level: str, text: str) -> None:
+        """Show a line in the log under the viewport (newest last); refusals arrive here too."""
+        self._log.append((level, text))
+        lines = list(self._log)
+        for item, (lvl, txt) in zip(self.log_lines, [("info", "")] * (LOG_LINES - len(lines)) + lines):
+            dpg.set_value(item, txt)
+            dpg.configure_item(item, color=LEVEL_COLOUR.get(lvl, LEVEL_COLOUR["info"]))
+
+    # ----- input ------------------------------------------------------------------------------------
+    def _poll_mouse(self) -> None:
+        """Left-drag orbits, right-drag pans, for drags that began over the viewport image."""
+        x, y = dpg.get_mouse_pos(local=False)
+        dx, dy = x - self._mouse[0], y - self._mouse[1]
+        if dx or dy or any(self._buttons_down.values()) or self.panel.typing():
+            self.mark_input()
+        for button, was_down in self._buttons_down.items():
+            down = dpg.is_mouse_button_down(button)
+            if down and not was_down:
+                self._drag[button] = bool(dpg.is_item_hovered(self.image))
+            elif down and self._drag[button] and (dx or dy):
+                (self.view.orbit if button == dpg.mvMouseButton_Left else self.view.pan)(dx, dy)
+            self._buttons_down[button] = down
+        self._mouse = (x, y)
+
+    def _on_wheel(self, sender, notches, user_data=None) -> None:
+        self.mark_input()
+        if dpg.is_item_hovered(self.image):
+            self.view.zoom(float(notches))
+
+    def _on_key(self, sender, key, action: str) -> None:
+        self.mark_input()
+        if self.panel.typing():
+            return
+        snap = self.session.snapshot
+        if action == "toggle":
+            self.panel.send(C.Resume() if snap.paused else C.Pause())
+        elif action == "step":
+            if not snap.paused:
+                self.panel.send(C.Pause())
+            self.panel.send(common.button_command("step"))
+        elif action == "export":
+            self.panel.send(common.button_command("export:ply"))
+        elif action == "view":
+            self.view.reset()
+
+    # ----- pixels and closing -----------------------------------------------------------------------
+    def grab(self, max_frames: int = 20) -> np.ndarray:
+        """The window's pixels after the next frame: [H, W, 4] float32 in [0, 1] (DearPyGui's
+        output_frame_buffer)."""
+        box: dict[str, object] = {}
+        dpg.output_frame_buffer(callback=lambda s, buf, u=None: box.__setitem__("buf", buf))
+        for _ in range(max_frames):
+            self.frame()
+            dpg.run_callbacks(dpg.get_callback_queue())
+            if "buf" in box:
+                buf = box["buf"]
+                return np.array(buf, dtype=np.float32).reshape(buf.get_height(), buf.get_width(), 4)
+        raise RuntimeError(f"output_frame_buffer gave no pixels in {max_frames} frames")
+
+    def checkpoint_due(self) -> bool:
+        """Whether the scene changed since it was last saved or loaded (closing would write one): trained
+        past iteration 0 and not at the iteration of the last checkpoint event seen."""
+        snap = self.session.snapshot
+        for event in self.events.new(snap):
+            self._on_event(event, snap)
+        return snap.iteration > 0 and snap.iteration != self.saved_iteration
+
+    def close(self) -> Path | None:
+        """Stop the worker, write a checkpoint if the scene changed since the last one, close the window.
+        Returns the checkpoint written, if any. One window per process: GLFW on X11 does not survive
+        being terminated and initialized again."""
+        if self._closed:
+            return None
+        self._closed = True
+        try:
+            self.session.stop()
+            if self.session.running:
+                print("warning: the training step did not finish in time; no checkpoint written on close",
+                      file=sys.stderr)
+                return None
+            return self._save() if self.checkpoint_due() else None
+        finally:
+            dpg.destroy_context()
+
+    def _save(self) -> Path | None:
+        self.session.send(C.SaveCheckpoint())
+        self.session.drain()  # the worker has stopped: apply it here
+        for event in self.events.new(self.session.snapshot):
+            if event.level == "error":
+                print(f"error: {event.text}", file=sys.stderr)
+            elif _saved((event,)):
+                return Path(event.path)
+        return None
+
+
+def _saved(events: tuple[Event, ...]) -> bool:
+    """Whether any of these events wrote or loaded a checkpoint (the scene on disk matches the session)."""
+    return any(e.path is not None and Path(e.path).suffix in common.CHECKPOINT_SUFFIXES for e in events)
