@@ -222,8 +222,10 @@ def screenshot(path: Path, steps: int) -> None:
                       metrics_file=False)
     session.run_steps(steps)
     studio = DesktopStudio(session)
-    for _ in range(10):
+    start = time.perf_counter()
+    while time.perf_counter() - start < 1.0:  # held still past SETTLE_S, the view renders at full size
         studio.frame()
+        studio.pace()
     pixels = studio.grab()
     iio.imwrite(path, (np.clip(pixels[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
     print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]}) after {steps} steps")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond pip: Xvfb + Mesa for the DearPyGui window,
-# Chromium + ChromeDriver for the browser test. Installed only when missing.
+# libXtst for synthetic input, Chromium + ChromeDriver for the browser test. Installed only when missing.
 set -euo pipefail
 need=()
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
 [ -e /usr/lib/x86_64-linux-gnu/libGL.so.1 ] || need+=(libgl1 libgl1-mesa-dri)
+# XTest sends real pointer and key events to the window in tests/test_desktop_ui.py.
+[ -e /usr/lib/x86_64-linux-gnu/libXtst.so.6 ] || need+=(libxtst6)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
