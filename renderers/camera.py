@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .transfer import to_device
+
 VIEW_BUCKETS = ("front", "side", "back", "overhead")
 
 
@@ -58,7 +60,8 @@ class Cameras:
         return self.viewmats.device
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Cameras":
-        return Cameras(self.viewmats.to(device, dtype), self.Ks.to(device, dtype), self.width, self.height)
+        vm, K = to_device(self.viewmats, device, dtype), to_device(self.Ks, device, dtype)
+        return Cameras(vm, K, self.width, self.height)
 
     @property
     def camtoworlds(self) -> Tensor:

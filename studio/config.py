@@ -94,11 +94,19 @@ class PriorSettings:
     depth_model: str = "Intel/dpt-hybrid-midas"
     """SD only: monocular depth model for SSD's depth baseline (hub id or folder)"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """SD only: denoiser precision; auto = fp16 on CUDA, fp32 on CPU"""
+    """SD only: UNet / text encoder precision; auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU"""
+    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """SD only: VAE and depth network precision; auto = bf16 on CUDA where supported, else fp32"""
     image_size: int = 512
     """SD only: renders are resized to this before the VAE"""
-    compile: bool = False
-    """SD only: torch.compile the UNet"""
+    sdpa: bool = True
+    """SD only: PyTorch's fused attention kernels (off: diffusers' classic attention)"""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """SD only: channels-last memory format for the convolutional networks; auto = on with CUDA"""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """SD only: torch.compile the UNet (the first steps compile); auto = on with CUDA"""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """SD only: replay the compiled UNet as CUDA graphs (needs CUDA and compile); auto = on with both"""
     attention_slicing: bool = False
     """SD only: slice attention to save memory on small GPUs"""
 
@@ -107,6 +115,9 @@ class PriorSettings:
             raise ConfigError("prior.model: give 'procedural' or a Stable Diffusion hub id / folder")
         _check("prior.s_d", self.s_d, 1e-4, 10.0)
         _check("prior.image_size", self.image_size, 64, 2048)
+        if self.cuda_graphs == "on" and self.compile == "off":
+            raise ConfigError("prior.cuda_graphs: the graphs are captured by torch.compile; "
+                              "set prior.compile to on or auto, or prior.cuda_graphs to off")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import renderers
 from guidance.estimators import make_estimator
 from guidance.priors import make_prior
 from renderers.camera import CameraSampler
+from renderers.transfer import to_device
 
 from .config import METHODS, StudioConfig
 from .evaluation import RefScore, held_out_cameras, score_against_reference
@@ -32,7 +33,8 @@ def build_prior(cfg: StudioConfig, device: torch.device):
     if p.model == "procedural":
         return make_prior("procedural", s_d=p.s_d, renderer=renderers.make_renderer(cfg.render.renderer
                           if cfg.render.renderer != "gsplat" else "auto"), device=device)
-    return make_prior(p.model, device=device, dtype=p.dtype, image_size=p.image_size, compile=p.compile,
+    return make_prior(p.model, device=device, dtype=p.dtype, vae_dtype=p.vae_dtype, image_size=p.image_size,
+                      sdpa=p.sdpa, channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
                       attention_slicing=p.attention_slicing, view_prompt=cfg.prompt.view_prompt,
                       depth_model=p.depth_model)
 
@@ -113,7 +115,7 @@ class Trainer:
         rand = torch.rand(batch, 4, generator=self.bg_generator)  # draw always: keeps streams aligned
         bg = torch.full((batch, 3), base) if base is not None else rand[:, :3]
         swap = rand[:, 3:4] < r.random_background_prob
-        return torch.where(swap, rand[:, :3], bg).to(self.device)
+        return to_device(torch.where(swap, rand[:, :3], bg), self.device)
 
     def step(self) -> dict[str, Any]:
         """One optimization step (DESIGN.md's data flow). Returns diagnostics as tensors."""

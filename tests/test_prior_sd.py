@@ -94,7 +94,7 @@ def test_cfg_is_one_batched_call_and_equals_separate_calls(prior):
 
 
 def test_text_embeddings_are_cached_per_prompt_and_view(prior):
-    with Counter(prior.text_encoder) as calls:
+    with Counter(prior.text.encoder) as calls:
         prior.embed("a striped cube")  # as typed + 4 view suffixes (+ the empty prompt if not yet cached)
         first = len(calls.batches)
         assert first in (5, 6)
@@ -194,8 +194,9 @@ def test_attention_slicing_gives_the_same_prediction(prior, folders):
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile_unet", [False, True])
 def test_half_precision_on_cuda(folders, compile_unet):
-    p = StableDiffusionPrior(str(folders["sd"]), image_size=32, compile=compile_unet, device="cuda")
-    assert p.dtype == torch.float16 and p.unet.dtype == torch.float16 and p.vae.dtype == torch.float32
+    p = StableDiffusionPrior(str(folders["sd"]), image_size=32, compile="on" if compile_unet else "off", device="cuda")
+    assert p.dtype in (torch.bfloat16, torch.float16) and p.unet.dtype == p.dtype
+    assert p.vae.dtype == p.accel.vae_dtype
     vc = p.view_cond(p.embed("a cube"), camera_batch(), torch.ones(2, 3))
     z = p.encode(torch.rand(2, 3, SIZE, SIZE, device="cuda"))
     assert z.dtype == torch.float32 and z.shape == (2, 4, 16, 16)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from renderers.camera import CameraBatch
+from renderers.transfer import to_device
 from renderers.types import RenderOutput
 
 from ..priors.base import DiffusionPrior, ViewCond, add_noise
@@ -154,7 +155,7 @@ def ism_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, st
     x_t = ddim_step(ab, x, e_s, s_int, t_int)
     # 5. Guided prediction at x_t (one batched call for both branches, inside the prior).
     t = torch.full((B,), t_int, dtype=torch.long)
-    e_cfg = prior.predict_noise(x_t, t.to(z.device), vc, s.guidance_scale, branch="cfg").float()
+    e_cfg = prior.predict_noise(x_t, to_device(t, z.device), vc, s.guidance_scale, branch="cfg").float()
     ab_t = ab[t_int].float()
     w = (s.lam * ((1 - ab_t) / ab_t).sqrt()).expand(B, 1, 1, 1)
     calls = (len(path) - 1) + 1 + 1

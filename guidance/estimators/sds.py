@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from renderers.camera import CameraBatch
+from renderers.transfer import to_device
 from renderers.types import RenderOutput
 
 from ..priors.base import DiffusionPrior, ViewCond, add_noise
@@ -111,7 +112,7 @@ def sds_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: SDSSettings, st
     t = sds_timesteps(s, step, B, prior.num_train_timesteps, rng)
     eps = rng.randn(tuple(z.shape), z.device)
     # 2. Forward-noise z and ask the prior once for the guided prediction.
-    t_dev = t.to(z.device)
+    t_dev = to_device(t, z.device)
     x_t = add_noise(prior.alphas_cumprod, z.detach().float(), eps, t_dev)
     e_cfg = prior.predict_noise(x_t, t_dev, vc, s.guidance_scale, branch="cfg").float()
     if e_cfg.shape != z.shape:

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from renderers.camera import CameraBatch
+from renderers.transfer import to_device
 from renderers.types import RenderOutput
 
 from ..baselines import BASELINES
@@ -187,9 +188,9 @@ class SSD(EstimatorBase):
             it = ism_terms(prior, z, vc, s.ism, step, self.rng)
             t, eps, w = it.t, it.eps, it.w
             a = it.e_cfg - it.e_s + eps
-            x_phi = add_noise(prior.alphas_cumprod, z.detach().float(), eps, t.to(z.device))
+            x_phi = add_noise(prior.alphas_cumprod, z.detach().float(), eps, to_device(t, z.device))
             extras = {"s": it.s, "delta_T": torch.tensor(it.delta_T), "prior_calls": torch.tensor(it.prior_calls)}
-        t_dev = t.to(z.device)
+        t_dev = to_device(t, z.device)
         sigma_t = (1 - prior.alphas_cumprod[t_dev].float()).sqrt().view(-1, 1, 1, 1)
         # 2-3. phi and its gradient w.r.t. x_t.
         phi, gphi = phi_and_grad(self._phi_fn(prior, t_dev, vc, render, cameras), x_phi)

@@ -49,34 +49,54 @@ def predicts_depth(config) -> bool:
 
 
 class MonocularDepth:
-    """A frozen depth network. Args: source (hub id or folder), device, dtype (of the network)."""
+    """A frozen depth network.
 
-    def __init__(self, source: str, device: torch.device, dtype: torch.dtype = torch.float32):
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    Args:
+        model: a transformers depth-estimation model (its output has `predicted_depth` [B, h, w])
+        input_size: (height, width) the network takes
+        mean, std: per-channel normalization of its input, 3 values each
+        device, dtype: where and in which precision the network runs
+        channels_last: channels-last memory format (faster convolutions on CUDA)
+    Use `MonocularDepth.load(source, device, dtype)` for a hub id or folder.
+    """
 
-        fallback = "Or set ssd.lam = 0 (no depth baseline) or use --model procedural."
-        self.model = load(AutoModelForDepthEstimation.from_pretrained, source, "depth model", DEPTH_LAYOUT,
-                          fallback)
-        proc = load(AutoImageProcessor.from_pretrained, source, "depth model's image processor", DEPTH_LAYOUT,
-                    fallback)
-        self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.device, self.dtype = device, dtype
-        multiple = int(getattr(proc, "ensure_multiple_of", 1) or 1)
-        h, w = _processor_size(proc)
-        self.input_size = (max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple))
-        mean = getattr(proc, "image_mean", None) or [0.5, 0.5, 0.5]
-        std = getattr(proc, "image_std", None) or [0.5, 0.5, 0.5]
+    def __init__(self, model, input_size: tuple[int, int], mean, std, device: torch.device,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+        if input_size[0] < 1 or input_size[1] < 1:
+            raise PriorError(f"depth model: bad input size {input_size}")
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.device, self.dtype, self.input_size = device, dtype, tuple(input_size)
+        self.channels_last = channels_last
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.outputs_depth = predicts_depth(self.model.config)
-        if self.input_size[0] < 1 or self.input_size[1] < 1:
-            raise PriorError(f"depth model {source!r}: bad processor size {self.input_size}")
+
+    @classmethod
+    def load(cls, source: str, device: torch.device, dtype: torch.dtype = torch.float32,
+             channels_last: bool = False) -> "MonocularDepth":
+        """The model and image processor saved at `source` (hub id or folder)."""
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        fallback = "Or set ssd.lam = 0 (no depth baseline) or use --model procedural."
+        model = load(AutoModelForDepthEstimation.from_pretrained, source, "depth model", DEPTH_LAYOUT, fallback)
+        proc = load(AutoImageProcessor.from_pretrained, source, "depth model's image processor", DEPTH_LAYOUT,
+                    fallback)
+        multiple = int(getattr(proc, "ensure_multiple_of", 1) or 1)
+        h, w = _processor_size(proc)
+        size = (max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple))
+        mean = getattr(proc, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(proc, "image_std", None) or [0.5, 0.5, 0.5]
+        return cls(model, size, mean, std, device, dtype, channels_last)
 
     def _raw(self, rgb: Tensor, size: tuple[int, int]) -> Tensor:
         """The network's output map [B, 1, *size] for rgb [B, 3, H, W] in [0, 1]."""
         assert rgb.dim() == 4 and rgb.shape[1] == 3, f"depth model: expected rgb [B, 3, H, W], got {tuple(rgb.shape)}"
         x = F.interpolate(rgb.float(), size=self.input_size, mode="bilinear", align_corners=False)
         x = ((x - self.mean) / self.std).to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(pixel_values=x).predicted_depth  # [B, h, w]
         return F.interpolate(out[:, None].float(), size=size, mode="bilinear", align_corners=False)
 

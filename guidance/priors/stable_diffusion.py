@@ -10,8 +10,13 @@ View-dependent prompts (METHODS.md): "suffix" appends ", front view" / ", side v
 embeddings linearly in |azimuth| (front at 0, side at 90, back at 180 degrees); "off" uses the prompt as
 typed. Text embeddings are cached per (prompt, view suffix) for the prior's lifetime.
 
-On CUDA the UNet and text encoder run in half precision (fp16 by default), with SDPA attention and
-channels-last; the VAE keeps fp32 weights and runs under autocast. On CPU everything is fp32.
+How it runs on the hardware is accel.py's business: on CUDA by default the UNet and text encoder run
+in bf16 (fp16 where the GPU lacks bf16), the VAE and depth network in bf16, all with SDPA attention and
+channels-last, and the UNet through torch.compile with CUDA graphs; each lever can be turned off. On
+CPU everything is fp32 and eager.
+
+`StableDiffusionPrior(model)` loads a checkpoint; `StableDiffusionPrior.from_modules(...)` wraps models
+built elsewhere (the GPU benchmark builds random-weight ones from architecture configs).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from renderers.camera import CameraBatch, Cameras
+from renderers.transfer import to_device
 
+from . import accel as A
 from .base import Cond, PriorError, ViewCond
 from .depth import MonocularDepth
 from .hub import load, require_subfolders
@@ -35,29 +42,39 @@ VIEWS = ("front", "side", "back", "overhead")
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SD_LAYOUT = "unet/, vae/, text_encoder/, tokenizer/ and scheduler/"
 FALLBACK = "Or run without downloads with --model procedural."
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class StableDiffusionSettings:
     dtype: str = "auto"
-    """UNet / text encoder precision: auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16"""
+    """UNet / text encoder precision: auto (bf16 on CUDA, fp16 if it lacks bf16; fp32 on CPU), float32, float16, bfloat16"""
+    vae_dtype: str = "auto"
+    """VAE and depth network precision: auto (bf16 on CUDA where supported, else fp32), float32, float16, bfloat16"""
     image_size: int = 512
     """renders are resized to this many px (longer side) before the VAE; [8, 2048]"""
     view_prompt: str = "suffix"
     """view-dependent prompts: suffix (by camera bucket), interpolate (LucidDreamer), off"""
-    compile: bool = False
-    """torch.compile the UNet (first steps are slow while it compiles)"""
+    sdpa: bool = True
+    """PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels); off: diffusers' classic attention"""
+    channels_last: str = "auto"
+    """channels-last memory format for the convolutional networks: auto (on with CUDA), on, off"""
+    compile: str = "auto"
+    """torch.compile the UNet: auto (on with CUDA; the first steps are slow while it compiles), on, off"""
+    cuda_graphs: str = "auto"
+    """capture the compiled UNet in CUDA graphs (fixed shapes): auto (on with CUDA and compile), on, off"""
     attention_slicing: bool = False
     """compute attention in slices: less memory, a little slower"""
-    channels_last: bool = True
-    """channels-last memory format for the UNet on CUDA"""
     depth_model: str = "Intel/dpt-hybrid-midas"
     """monocular depth model for estimate_depth / estimate_disparity (hub id or folder), loaded on first use"""
 
     def validate(self) -> None:
-        if self.dtype not in ("auto", *DTYPES):
-            raise PriorError(f"sd.dtype: choose auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        for name in ("dtype", "vae_dtype"):
+            if getattr(self, name) not in A.DTYPE_CHOICES:
+                raise PriorError(f"sd.{name}: choose one of {', '.join(A.DTYPE_CHOICES)}; got {getattr(self, name)!r}")
+        for name in ("channels_last", "compile", "cuda_graphs"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and value not in A.SWITCH:
+                raise PriorError(f"sd.{name}: choose one of {', '.join(A.SWITCH)}; got {value!r}")
         if not 8 <= int(self.image_size) <= 2048:
             raise PriorError(f"sd.image_size: must lie in [8, 2048] px, got {self.image_size!r}")
         if self.view_prompt not in VIEW_MODES:
@@ -89,12 +106,43 @@ def interpolation_weights(azimuth_deg: Tensor) -> Tensor:
     return torch.stack([1 - r1, r1 - r2, r2], dim=-1)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu" and name == "float16":
-        raise PriorError("sd.dtype: float16 is not supported on CPU; use float32 or bfloat16 (or auto)")
-    return DTYPES[name]
+class ClipText:
+    """Prompt -> CLIP text embedding [1, L, D]: a tokenizer and a text encoder on `device` in `dtype`."""
+
+    def __init__(self, tokenizer, encoder, device: torch.device, dtype: torch.dtype):
+        self.tokenizer = tokenizer
+        self.encoder = encoder.to(device, dtype).eval().requires_grad_(False)
+        self.device = device
+
+    def __call__(self, texts: list[str]) -> Tensor:
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.no_grad():
+            return self.encoder(ids)[0]
+
+
+def load_checkpoint(src: str, unet_dtype: torch.dtype = torch.float32, vae_dtype: torch.dtype = torch.float32):
+    """(unet, vae, scheduler, tokenizer, text_encoder) from a hub id or folder in SD's layout, on CPU,
+    the UNet and text encoder in `unet_dtype`, the VAE in `vae_dtype`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    require_subfolders(src, SUBFOLDERS, "Stable Diffusion", FALLBACK)
+
+    def part(cls, sub, **kw):
+        return load(cls.from_pretrained, src, f"Stable Diffusion {sub}", SD_LAYOUT, FALLBACK, subfolder=sub, **kw)
+
+    # low_cpu_mem_usage needs accelerate; without it ask for the plain path (diffusers warns otherwise)
+    low_mem = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+    unet = part(UNet2DConditionModel, "unet", torch_dtype=unet_dtype, **low_mem)
+    vae = part(AutoencoderKL, "vae", torch_dtype=vae_dtype, **low_mem)
+    text_encoder = part(CLIPTextModel, "text_encoder", torch_dtype=unet_dtype)
+    tokenizer = part(CLIPTokenizer, "tokenizer")
+    scheduler = part(DDIMScheduler, "scheduler")
+    if len(tokenizer) <= 3:
+        raise PriorError(f"the Stable Diffusion tokenizer of {src!r} has an empty vocabulary; "
+                         f"tokenizer/ must hold vocab.json and merges.txt. {FALLBACK}")
+    return unet, vae, scheduler, tokenizer, text_encoder
 
 
 class StableDiffusionPrior:
@@ -110,6 +158,30 @@ class StableDiffusionPrior:
 
     def __init__(self, model: str, settings: StableDiffusionSettings | None = None, *,
                  device: torch.device | str | None = None, **overrides):
+        self._settle(settings, device, overrides, name=str(model))
+        unet, vae, scheduler, tokenizer, text_encoder = load_checkpoint(self.model_id, self.accel.unet_dtype,
+                                                                   self.accel.vae_dtype)
+        self._setup(unet, vae, scheduler, ClipText(tokenizer, text_encoder, self.device, self.accel.unet_dtype))
+
+    @classmethod
+    def from_modules(cls, unet, vae, scheduler, text, *, name: str = "modules",
+                     settings: StableDiffusionSettings | None = None, device: torch.device | str | None = None,
+                     depth: MonocularDepth | None = None, **overrides) -> "StableDiffusionPrior":
+        """A prior around models built elsewhere (random weights from configs, a fine-tune in memory).
+
+        Args:
+            unet, vae: diffusers UNet2DConditionModel and AutoencoderKL (moved to the device and dtype here)
+            scheduler: anything with config.prediction_type, config.num_train_timesteps, alphas_cumprod [T]
+            text: callable list[str] -> embeddings [n, L, D] (e.g. ClipText)
+            depth: the depth network for SSD's baseline (else settings.depth_model is loaded on first use)
+        """
+        self = cls.__new__(cls)
+        self._settle(settings, device, overrides, name=name)
+        self._setup(unet, vae, scheduler, text)
+        self._depth = depth
+        return self
+
+    def _settle(self, settings, device, overrides: dict, name: str) -> None:
         known = {f.name for f in fields(StableDiffusionSettings)}
         if set(overrides) - known:
             raise PriorError(f"stable diffusion prior: unknown settings {sorted(set(overrides) - known)}; "
@@ -117,67 +189,44 @@ class StableDiffusionPrior:
         settings = StableDiffusionSettings(**{**(settings or StableDiffusionSettings()).__dict__, **overrides})
         settings.validate()
         self.settings = settings
-        self.model_id = str(model)
-        self.name = f"sd:{self.model_id}"
+        self.model_id = name
+        self.name = f"sd:{name}"
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(settings.dtype, self.device)
-        self._load(self.model_id)
-        self._configure()
+        self.accel = A.resolve(settings, self.device)
+        self.dtype = self.accel.unet_dtype
         self._text_cache: dict[tuple[str, str], Tensor] = {}
         self._depth: MonocularDepth | None = None
 
-    # ----- loading ---------------------------------------------------------------------------------
-    def _load(self, src: str) -> None:
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+    def _setup(self, unet, vae, scheduler, text) -> None:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-        require_subfolders(src, SUBFOLDERS, "Stable Diffusion", FALLBACK)
-
-        def part(cls, sub, **kw):
-            return load(cls.from_pretrained, src, f"Stable Diffusion {sub}", SD_LAYOUT, FALLBACK,
-                        subfolder=sub, **kw)
-
-        # low_cpu_mem_usage needs accelerate; without it ask for the plain path (diffusers warns otherwise)
-        low_mem = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
-        self.unet = part(UNet2DConditionModel, "unet", **low_mem)
-        self.vae = part(AutoencoderKL, "vae", **low_mem)
-        self.text_encoder = part(CLIPTextModel, "text_encoder")
-        self.tokenizer = part(CLIPTokenizer, "tokenizer")
-        scheduler = part(DDIMScheduler, "scheduler")
-        if len(self.tokenizer) <= 3:
-            raise PriorError(f"the Stable Diffusion tokenizer of {src!r} has an empty vocabulary; "
-                             f"tokenizer/ must hold vocab.json and merges.txt. {FALLBACK}")
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise PriorError(f"{src!r}: prediction_type {self.prediction_type!r} is not supported "
+            raise PriorError(f"{self.model_id!r}: prediction_type {self.prediction_type!r} is not supported "
                              "(epsilon and v_prediction are)")
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
-        self.latent_channels = int(self.unet.config.in_channels)
-        self.vae_scale = float(self.vae.config.scaling_factor)
-        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    def _configure(self) -> None:
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.eval().requires_grad_(False)
-        self.unet.to(self.device, self.dtype)
-        self.text_encoder.to(self.device, self.dtype)
-        self.vae.to(self.device, torch.float32)  # fp32 weights; autocast on CUDA (the fp16 VAE can overflow)
-        self.unet.set_attn_processor(AttnProcessor2_0())
-        self.vae.set_attn_processor(AttnProcessor2_0())
+        self.alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod).to(self.device, torch.float32)
+        self.latent_channels = int(unet.config.in_channels)
+        self.vae_scale = float(vae.config.scaling_factor)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        ac = self.accel
+        self.unet = unet.to(self.device, ac.unet_dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, ac.vae_dtype).eval().requires_grad_(False)
+        self.text = text
+        for m in (self.unet, self.vae):
+            m.set_attn_processor(AttnProcessor2_0() if ac.sdpa else AttnProcessor())
+            if ac.channels_last:
+                m.to(memory_format=torch.channels_last)
         if self.settings.attention_slicing:
             self.unet.set_attention_slice("auto")
-        if self.settings.channels_last and self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-        self._unet = torch.compile(self.unet) if self.settings.compile else self.unet
+        self._unet = A.Compiled(self.unet, ac.cuda_graphs, "the UNet") if ac.compile else self.unet
 
-    def _autocast(self):
-        on = self.device.type == "cuda" and self.dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=on)
+    def _image_input(self, x: Tensor) -> Tensor:
+        """An image batch in the VAE's dtype and memory format."""
+        x = x.to(self.accel.vae_dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.accel.channels_last else x
 
     # ----- text ------------------------------------------------------------------------------------
     def text_embedding(self, prompt: str, view: str = "") -> Tensor:
@@ -185,10 +234,9 @@ class StableDiffusionPrior:
         key = (prompt, view)
         if key not in self._text_cache:
             text = f"{prompt}, {view} view" if view else prompt
-            ids = self.tokenizer([text], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            with torch.no_grad():
-                self._text_cache[key] = self.text_encoder(ids)[0].to(self.dtype)
+            emb = self.text([text])
+            assert emb.dim() == 3 and emb.shape[0] == 1, f"text encoder: expected [1, L, D], got {tuple(emb.shape)}"
+            self._text_cache[key] = emb.to(self.device, self.dtype)
         return self._text_cache[key]
 
     def embed(self, prompt: str, negative: str = "") -> Cond:
@@ -203,6 +251,7 @@ class StableDiffusionPrior:
     def view_cond(self, cond: Cond, cameras: CameraBatch | Cameras, background: Tensor | None = None) -> ViewCond:
         """Per-camera embeddings for B cameras. A bare `Cameras` (no azimuth) uses the prompt as typed.
         The background is not used: SD sees the composited render."""
+        A.step_begin(self.accel)  # once per training step: earlier CUDA graph outputs may be reused now
         data: SDCond = cond.data
         cams = cameras.cameras if isinstance(cameras, CameraBatch) else cameras
         B = len(cams)
@@ -210,7 +259,7 @@ class StableDiffusionPrior:
         if mode == "suffix":
             emb = torch.cat([data.views[b] for b in cameras.buckets])
         elif mode == "interpolate":
-            w = interpolation_weights(cameras.azimuth_deg).to(self.device, self.dtype)  # [B, 3]
+            w = to_device(interpolation_weights(cameras.azimuth_deg), self.device, self.dtype)  # [B, 3]
             basis = torch.cat([data.views[v] for v in VIEWS[:3]])  # [3, L, D]
             emb = torch.einsum("bv,vld->bld", w, basis)
         else:
@@ -231,13 +280,11 @@ class StableDiffusionPrior:
         x = rgb.float()
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=x.shape[-1] > size[1])
-        with self._autocast():
-            z = self.vae.encode(2 * x - 1).latent_dist.mean
+        z = self.vae.encode(self._image_input(2 * x - 1)).latent_dist.mean
         return z.float() * self.vae_scale
 
     def _decode_raw(self, z: Tensor) -> Tensor:
-        with self._autocast():
-            x = self.vae.decode(z.float() / self.vae_scale).sample
+        x = self.vae.decode(self._image_input(z.float() / self.vae_scale)).sample
         return (x.float() + 1) / 2
 
     def decode(self, z: Tensor) -> Tensor:
@@ -248,11 +295,13 @@ class StableDiffusionPrior:
 
     # ----- denoiser --------------------------------------------------------------------------------
     def _unet_eps(self, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
-        """One UNet call: epsilon [N, 4, h, w] (float32) for latents x [N, 4, h, w], t [N], emb [N, L, D]."""
+        """One UNet call: epsilon [N, 4, h, w] (float32) for latents x [N, 4, h, w], t [N], emb [N, L, D].
+        The output is always a fresh tensor: a CUDA graph's replay overwrites its static output buffer."""
         xin = x.to(self.dtype)
-        if self.settings.channels_last and self.device.type == "cuda":
+        if self.accel.channels_last:
             xin = xin.contiguous(memory_format=torch.channels_last)
-        out = self._unet(xin, t.to(self.device), encoder_hidden_states=emb).sample.float()
+        out = self._unet(xin, to_device(t, self.device), encoder_hidden_states=emb).sample
+        out = out.to(torch.float32, memory_format=torch.contiguous_format, copy=self.accel.cuda_graphs)
         if self.prediction_type == "v_prediction":
             ab = self.alphas_cumprod[t.to(self.device)].view(-1, 1, 1, 1)
             out = ab.sqrt() * out + (1 - ab).sqrt() * x.float()
@@ -282,7 +331,8 @@ class StableDiffusionPrior:
     @property
     def depth_model(self) -> MonocularDepth:
         if self._depth is None:
-            self._depth = MonocularDepth(self.settings.depth_model, self.device, torch.float32)
+            self._depth = MonocularDepth.load(self.settings.depth_model, self.device, self.accel.vae_dtype,
+                                              self.accel.channels_last)
         return self._depth
 
     def denoised_image(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
@@ -295,10 +345,8 @@ class StableDiffusionPrior:
 
     def estimate_disparity(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
         """Disparity [B, 1, H, W] (larger = nearer, relative) of the denoised image, at the render size."""
-        with self._autocast():
-            return self.depth_model.disparity(self.denoised_image(x_t, t, vc), vc.data.size).float()
+        return self.depth_model.disparity(self.denoised_image(x_t, t, vc), vc.data.size).float()
 
     def estimate_depth(self, x_t: Tensor, t: Tensor, vc: ViewCond) -> Tensor:
         """Depth [B, 1, H, W] (larger = farther; 1 / disparity for relative models) at the render size."""
-        with self._autocast():
-            return self.depth_model.depth(self.denoised_image(x_t, t, vc), vc.data.size).float()
+        return self.depth_model.depth(self.denoised_image(x_t, t, vc), vc.data.size).float()
