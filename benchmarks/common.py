@@ -87,11 +87,14 @@ def write_section(tag: str, body: str, path: Path = DOCS) -> None:
 
 
 class TimedPrior:
-    """Wraps a prior: the calls in TIMED_PRIOR_METHODS add their wall time (s) and count to `seconds` and
-    `calls`; every other attribute passes through, so estimators and the trainer see the same prior."""
+    """Wraps a prior: the calls in TIMED_PRIOR_METHODS add their wall time (s, by `clock`) and count to
+    `seconds` and `calls`; every other attribute passes through, so estimators and the trainer see the
+    same prior. On CUDA pass a clock that synchronizes first (cuda_clock), or the GPU's work lands in
+    whichever stage happens to wait for it."""
 
-    def __init__(self, prior: Any):
+    def __init__(self, prior: Any, clock: Callable[[], float] = time.perf_counter):
         object.__setattr__(self, "_prior", prior)
+        object.__setattr__(self, "_clock", clock)
         object.__setattr__(self, "seconds", defaultdict(float))
         object.__setattr__(self, "calls", defaultdict(int))
 
@@ -105,14 +108,20 @@ class TimedPrior:
             return value
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = self._clock()
             try:
                 return value(*args, **kwargs)
             finally:
-                self.seconds[name] += time.perf_counter() - start
+                self.seconds[name] += self._clock() - start
                 self.calls[name] += 1
 
         return timed
+
+
+def cuda_clock() -> float:
+    """perf_counter after the GPU's queue has drained: stage boundaries then split GPU time correctly."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def small_config(method: str, values: dict[str, Any]) -> Any:
