@@ -20,3 +20,33 @@ def test_render_benchmark_quick_prints_a_table():
     assert row, proc.stdout
     assert 0 < int(row.group(1).replace(",", "")) <= 64 * 64 * 1000
     assert "machine:" in proc.stdout
+
+
+def test_gpu_iteration_quick_runs_every_method_and_lever_on_tiny_models():
+    """The GPU benchmark's harness on CPU (tiny random models from benchmarks/configs): every method's
+    stage row and the lever table appear, with the stages adding up to the synchronized step (with two
+    timed steps each median is a mean, so they add up exactly, to rounding)."""
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_iteration.py", "--quick", "--no-write", "--levers"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {m: re.search(rf"^\| {m} \| (.*) \|$", proc.stdout, re.M) for m in ("SDS", "ISM", "SSD")}
+    assert all(rows.values()), proc.stdout
+    for method, row in rows.items():
+        cells = [c.strip() for c in row.group(1).split("|")]
+        stages = [float(c) for c in cells[:10]]
+        step, calls = float(cells[10]), int(cells[11])
+        assert abs(sum(stages) - step) <= 0.02 * step + 0.5, (method, stages, step)
+        assert calls == 1 if method != "ISM" else 2 <= calls <= 5, (method, calls)
+        assert float(cells[15]) > 0, f"{method}: no FLOPs counted (the floor is 0 ms)"
+    assert "| all levers on (studio default) |" in proc.stdout and "| classic attention (no SDPA) |" in proc.stdout
+    assert "fp16 instead of bf16" not in proc.stdout  # no fp16 kernels on CPU: skipped, not failed
+
+
+def test_gpu_iteration_needs_cuda_without_quick():
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_iteration.py", "--no-write"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and "--quick" in proc.stderr

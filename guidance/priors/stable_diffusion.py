@@ -212,13 +212,13 @@ class StableDiffusionPrior:
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
         ac = self.accel
-        self.unet = unet.to(self.device, ac.unet_dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, ac.vae_dtype).eval().requires_grad_(False)
+        # nn.Module.to, not diffusers' override, which warns about fp32-only modules on every cast
+        self.unet = torch.nn.Module.to(unet, self.device, ac.unet_dtype).eval().requires_grad_(False)
+        self.vae = torch.nn.Module.to(vae, self.device, ac.vae_dtype).eval().requires_grad_(False)
         self.text = text
         for m in (self.unet, self.vae):
             m.set_attn_processor(AttnProcessor2_0() if ac.sdpa else AttnProcessor())
-            if ac.channels_last:
-                m.to(memory_format=torch.channels_last)
+            m.to(memory_format=torch.channels_last if ac.channels_last else torch.contiguous_format)
         if self.settings.attention_slicing:
             self.unet.set_attention_slice("auto")
         self._unet = A.Compiled(self.unet, ac.cuda_graphs, "the UNet") if ac.compile else self.unet
