@@ -172,9 +172,23 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning():
         torch.testing.assert_close(wrapped(x), net(x))  # eager from now on, no second warning
 
 
+def raised_in(path: str) -> RuntimeError:
+    """A RuntimeError whose innermost frame is code from file `path`."""
+    namespace: dict = {}
+    exec(compile("def fail():\n    raise RuntimeError('overwritten by a subsequent run')\n", path, "exec"), namespace)
+    try:
+        namespace["fail"]()
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("fail() did not raise")
+
+
 def test_errors_of_the_model_itself_are_not_absorbed():
     assert not A.is_compiler_error(RuntimeError("CUDA out of memory"))
     assert A.is_compiler_error(torch._dynamo.exc.Unsupported("graph break"))
+    # cudagraph trees raise plain RuntimeErrors: recognised by where they come from
+    assert A.is_compiler_error(raised_in("/venv/site-packages/torch/_inductor/cudagraph_trees.py"))
+    assert not A.is_compiler_error(raised_in("/venv/site-packages/diffusers/models/unet_2d_condition.py"))
     wrapped = A.Compiled(torch.nn.Identity(), False, "identity", backend="eager")
     ok = torch.ones(2)
     torch.testing.assert_close(wrapped(ok), ok)

@@ -97,9 +97,22 @@ def resolve(settings: Any, device: torch.device) -> Accel:
                  compile=do_compile, cuda_graphs=graphs)
 
 
+COMPILER_PACKAGES = ("torch._dynamo", "torch._inductor", "torch._functorch")
+
+
 def is_compiler_error(exc: BaseException) -> bool:
-    """Errors raised by TorchDynamo or Inductor while compiling, as opposed to errors of the model."""
-    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+    """Errors of TorchDynamo, AOTAutograd or Inductor (compiling, or replaying CUDA graphs), as opposed
+    to errors of the model: by the exception's type, or by the frame that raised it (cudagraph trees
+    raise plain RuntimeErrors)."""
+    if type(exc).__module__.startswith(COMPILER_PACKAGES):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return any(f"/{pkg.replace('.', '/')}/" in path for pkg in COMPILER_PACKAGES)
 
 
 class Compiled:
