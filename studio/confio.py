@@ -68,6 +68,9 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
         for choice in args:
             if value == choice or str(value) == str(choice):
                 return choice
+        if {"on", "off"} <= set(args) and (isinstance(value, bool) or str(value).lower() in ("true", "false")):
+            # auto / on / off switches that were booleans once (configs and checkpoints saved then)
+            return "on" if _parse_bool(name, value) else "off"
         raise ConfigError(f"{name}: must be one of {', '.join(map(str, args))}, got {value!r}")
     if origin is tuple:
         if isinstance(value, str):

@@ -18,7 +18,7 @@ from guidance.priors import accel as A  # noqa: E402
 from guidance.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionSettings  # noqa: E402
 from renderers.camera import orbit  # noqa: E402
 from studio.config import default_config, validate  # noqa: E402
-from studio.confio import ConfigError, set_paths  # noqa: E402
+from studio.confio import ConfigError, from_dict, set_paths  # noqa: E402
 from studio.trainer import build_prior  # noqa: E402
 from tiny_models import save_tiny_sd  # noqa: E402
 
@@ -99,6 +99,11 @@ def test_the_studio_passes_every_lever_to_the_prior(sd_dir):
         assert getattr(prior.settings, name) == getattr(cfg.prior, name), name
     assert prior.accel == A.Accel(torch.bfloat16, torch.bfloat16, False, True, False, False)
     assert prior.unet.dtype == torch.bfloat16 and prior.vae.dtype == torch.bfloat16
+    # prior.compile was a boolean before it became auto / on / off: configs saved then still load
+    old = from_dict(type(cfg), {"prior": {"compile": False, "channels_last": "true"}}, base=default_config("sds"))
+    assert (old.prior.compile, old.prior.channels_last) == ("off", "on")
+    with pytest.raises(ConfigError, match="prior.compile: must be one of auto, on, off, got 'maybe'"):
+        set_paths(default_config("sds"), {"prior.compile": "maybe"})
     with pytest.raises(ConfigError, match="prior.cuda_graphs"):
         validate(set_paths(default_config("sds"), {"prior.compile": "off", "prior.cuda_graphs": "on"}))
 
