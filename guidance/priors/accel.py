@@ -51,50 +51,55 @@ class Accel:
         return ", ".join(parts)
 
 
-def half_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it (its exponent range matches fp32, so the VAE cannot overflow), else fp16."""
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+DTYPE_FIELDS = ("dtype", "vae_dtype")
+SWITCH_FIELDS = ("channels_last", "compile", "cuda_graphs")
 
 
-def resolve_dtype(name: str, device: torch.device, field: str, *, auto_cuda: torch.dtype | None = None) -> torch.dtype:
-    """The dtype a `field` setting names; "auto" is half precision on CUDA (auto_cuda if given), fp32 on CPU."""
-    if name not in DTYPE_CHOICES:
-        raise PriorError(f"{field}: choose one of {', '.join(DTYPE_CHOICES)}; got {name!r}")
+def check_choices(settings: Any) -> None:
+    """Each precision field names a dtype choice and each switch is auto / on / off (or a bool)."""
+    for name in DTYPE_FIELDS:
+        if getattr(settings, name) not in DTYPE_CHOICES:
+            raise PriorError(f"sd.{name}: choose one of {', '.join(DTYPE_CHOICES)}; got {getattr(settings, name)!r}")
+    for name in SWITCH_FIELDS:
+        value = getattr(settings, name)
+        if not isinstance(value, bool) and value not in SWITCH:
+            raise PriorError(f"sd.{name}: choose one of {', '.join(SWITCH)}; got {value!r}")
+
+
+def resolve_dtype(name: str, device: torch.device, field: str, auto_cuda: torch.dtype) -> torch.dtype:
+    """The dtype a (checked) `field` setting names; "auto" is `auto_cuda` on CUDA, fp32 on CPU."""
     if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return auto_cuda if auto_cuda is not None else half_dtype(device)
+        return auto_cuda if device.type == "cuda" else torch.float32
     if device.type == "cpu" and name == "float16":
         raise PriorError(f"{field}: float16 is not supported on CPU; use float32 or bfloat16 (or auto)")
     return DTYPES[name]
 
 
-def switch(value: Any, field: str, cuda: bool) -> bool:
-    """An auto / on / off setting (booleans accepted) as a bool: auto follows `cuda`."""
+def switch(value: Any, cuda: bool) -> bool:
+    """A (checked) auto / on / off setting, or a bool, as a bool: auto follows `cuda`."""
     if isinstance(value, bool):
         return value
-    if value not in SWITCH:
-        raise PriorError(f"{field}: choose one of {', '.join(SWITCH)}; got {value!r}")
     return cuda if value == "auto" else value == "on"
 
 
 def resolve(settings: Any, device: torch.device) -> Accel:
     """Concrete choices from StableDiffusionSettings-like `settings` (fields dtype, vae_dtype, sdpa,
     channels_last, compile, cuda_graphs) for `device`. Raises PriorError naming the field."""
+    check_choices(settings)
     cuda = device.type == "cuda"
-    unet = resolve_dtype(settings.dtype, device, "sd.dtype")
-    vae_auto = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    vae = resolve_dtype(settings.vae_dtype, device, "sd.vae_dtype", auto_cuda=vae_auto)
-    do_compile = switch(settings.compile, "sd.compile", cuda)
-    graphs = switch(settings.cuda_graphs, "sd.cuda_graphs", cuda and do_compile)
+    # bf16 where the GPU has it: fp32's exponent range, so the VAE cannot overflow as it can in fp16
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    unet = resolve_dtype(settings.dtype, device, "sd.dtype", torch.bfloat16 if bf16 else torch.float16)
+    vae = resolve_dtype(settings.vae_dtype, device, "sd.vae_dtype", torch.bfloat16 if bf16 else torch.float32)
+    do_compile = switch(settings.compile, cuda)
+    graphs = switch(settings.cuda_graphs, cuda and do_compile)
     if graphs and not cuda:
         raise PriorError("sd.cuda_graphs: CUDA graphs need a CUDA device; set it to off or auto")
     if graphs and not do_compile:
         raise PriorError("sd.cuda_graphs: the graphs are captured by torch.compile (mode reduce-overhead); "
                          "set sd.compile to on or auto, or sd.cuda_graphs to off")
     return Accel(unet_dtype=unet, vae_dtype=vae, sdpa=bool(settings.sdpa),
-                 channels_last=switch(settings.channels_last, "sd.channels_last", cuda),
-                 compile=do_compile, cuda_graphs=graphs)
+                 channels_last=switch(settings.channels_last, cuda), compile=do_compile, cuda_graphs=graphs)
 
 
 COMPILER_PACKAGES = ("torch._dynamo", "torch._inductor", "torch._functorch")

@@ -68,13 +68,7 @@ class StableDiffusionSettings:
     """monocular depth model for estimate_depth / estimate_disparity (hub id or folder), loaded on first use"""
 
     def validate(self) -> None:
-        for name in ("dtype", "vae_dtype"):
-            if getattr(self, name) not in A.DTYPE_CHOICES:
-                raise PriorError(f"sd.{name}: choose one of {', '.join(A.DTYPE_CHOICES)}; got {getattr(self, name)!r}")
-        for name in ("channels_last", "compile", "cuda_graphs"):
-            value = getattr(self, name)
-            if not isinstance(value, bool) and value not in A.SWITCH:
-                raise PriorError(f"sd.{name}: choose one of {', '.join(A.SWITCH)}; got {value!r}")
+        A.check_choices(self)
         if not 8 <= int(self.image_size) <= 2048:
             raise PriorError(f"sd.image_size: must lie in [8, 2048] px, got {self.image_size!r}")
         if self.view_prompt not in VIEW_MODES:
