@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from gsplat.strategy import DefaultStrategy, MCMCStrategy
+from gsplat.strategy.ops import duplicate, reset_opa, split
 from torch import Tensor
 
 
@@ -42,8 +44,11 @@ class DensifySettings:
     """after the first opacity reset, prune Gaussians larger than this times the scene extent"""
     refine_start: int = 100
     """first step at which Gaussians are grown and pruned (exclusive, as in gsplat)"""
-    refine_stop: int = 3000
-    """step at which growing, pruning and opacity resets stop"""
+    refine_stop: int = 500
+    """step at which growing, pruning and opacity resets stop (3DGS's densify_until_iter)"""
+    max_gaussians: int = 20_000
+    """hard cap of the default strategy: growth stops at this many Gaussians (the candidates with the
+    largest 2D gradients grow first); pruning goes on"""
     refine_every: int = 100
     """grow and prune every this many steps"""
     reset_every: int = 3000
@@ -68,6 +73,7 @@ class DensifySettings:
         _check("densify.refine_start", self.refine_start, 0, 10_000_000)
         _check("densify.refine_stop", self.refine_stop, 0, 10_000_000)
         _check("densify.refine_every", self.refine_every, 1, 1_000_000)
+        _check("densify.max_gaussians", self.max_gaussians, 1, 100_000_000)
         _check("densify.reset_every", self.reset_every, 0, 10_000_000)
         _check("densify.pause_refine_after_reset", self.pause_refine_after_reset, 0, 10_000_000)
         _check("densify.cap_max", self.cap_max, 1, 100_000_000)
@@ -82,15 +88,51 @@ def _check(name: str, value: float, lo: float, hi: float) -> None:
 _NEVER = 2**62  # gsplat takes `step % reset_every`; "never" becomes a period no run reaches
 
 
-def _gsplat_strategy(s: DensifySettings):
-    from gsplat.strategy import DefaultStrategy, MCMCStrategy
+class CappedDefaultStrategy(DefaultStrategy):
+    """gsplat's DefaultStrategy with a hard cap on the number of Gaussians (gsplat's has none)."""
 
+    def __init__(self, *, max_gaussians: int, **kw: Any):
+        super().__init__(**kw)
+        self.max_gaussians = int(max_gaussians)
+
+    @torch.no_grad()
+    def _grow_gs(self, params, optimizers, state, step):
+        """DefaultStrategy's clone / split, limited to the candidates that fit under the cap. Each clone
+        or split adds one Gaussian net, so at most max_gaussians - N of them run: those with the largest
+        mean 2D gradient."""
+        grads = state["grad2d"] / state["count"].clamp_min(1)  # [N]
+        n = grads.shape[0]
+        high = grads > self.grow_grad2d
+        small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
+        is_split = high & ~small
+        if step < self.refine_scale2d_stop_iter:
+            is_split |= state["radii"] > self.grow_scale2d
+        is_dupli = high & small
+        wanted = is_dupli | is_split
+        room = max(0, self.max_gaussians - n)
+        if int(wanted.sum()) > room:
+            keep = torch.zeros_like(wanted)
+            if room > 0:
+                score = torch.where(wanted, grads, torch.full_like(grads, -1.0))
+                keep[torch.topk(score, room).indices] = True
+            is_dupli, is_split = is_dupli & keep, is_split & keep
+        n_dupli, n_split = int(is_dupli.sum()), int(is_split.sum())
+        if n_dupli > 0:
+            duplicate(params=params, optimizers=optimizers, state=state, mask=is_dupli)
+        is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=grads.device)])
+        if n_split > 0:  # clones are never split in the same step
+            split(params=params, optimizers=optimizers, state=state, mask=is_split,
+                  revised_opacity=self.revised_opacity)
+        return n_dupli, n_split
+
+
+def _gsplat_strategy(s: DensifySettings):
     if s.strategy == "mcmc":
         return MCMCStrategy(cap_max=s.cap_max, noise_lr=s.noise_lr, refine_start_iter=s.refine_start,
                             refine_stop_iter=s.refine_stop, refine_every=s.refine_every,
                             min_opacity=s.prune_opa)
-    return DefaultStrategy(
-        prune_opa=s.prune_opa, grow_grad2d=s.grow_grad2d, grow_scale3d=s.grow_scale3d,
+    return CappedDefaultStrategy(
+        max_gaussians=s.max_gaussians, prune_opa=s.prune_opa, grow_grad2d=s.grow_grad2d, grow_scale3d=s.grow_scale3d,
         prune_scale3d=s.prune_scale3d, refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
         reset_every=s.reset_every or _NEVER, refine_every=s.refine_every,
         pause_refine_after_reset=s.pause_refine_after_reset, revised_opacity=s.revised_opacity,
@@ -140,8 +182,7 @@ class Densifier:
         self.strategy.check_sanity(params, optimizers)
 
     def replace_settings(self, settings: DensifySettings) -> None:
-        """New thresholds keep the accumulated statistics; a new strategy kind starts a fresh state."""
-        settings.validate()
+        """New (validated) thresholds keep the accumulated statistics; a new strategy kind starts afresh."""
         check_device(settings, self.device)
         kind_changed = settings.strategy != self.settings.strategy
         self.settings = settings
@@ -175,8 +216,6 @@ class Densifier:
                 )
         self.strategy.step_post_backward(params, optimizers, self.state, step, info, packed=False)
         if s.reset_every and 0 < step < s.refine_stop and step % s.reset_every == 0:
-            from gsplat.strategy.ops import reset_opa
-
             reset_opa(params=params, optimizers=optimizers, state=self.state, value=s.prune_opa * 2.0)
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,9 +224,16 @@ class Densifier:
             "state": {k: (v.detach().clone() if isinstance(v, Tensor) else v) for k, v in self.state.items()},
         }
 
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
+    def load_state_dict(self, sd: dict[str, Any], num_gaussians: int | None = None) -> None:
+        """Restore statistics; with `num_gaussians`, per-Gaussian ones must have that length."""
         if sd["strategy"] != self.settings.strategy:
             # The statistics of another strategy mean nothing to this one.
             self.state = self._fresh_state()
             return
-        self.state = {k: (v.to(self.device).clone() if isinstance(v, Tensor) else v) for k, v in sd["state"].items()}
+        state = {k: (v.to(self.device).clone() if isinstance(v, Tensor) else v) for k, v in sd["state"].items()}
+        for key in ("grad2d", "count", "radii"):
+            t = state.get(key)
+            if num_gaussians is not None and isinstance(t, Tensor) and t.shape[:1] != (num_gaussians,):
+                raise ValueError(f"densifier state: {key} holds {t.shape[0] if t.dim() else 0} entries for "
+                                 f"{num_gaussians} Gaussians")
+        self.state = state

@@ -71,3 +71,39 @@ def test_default_strategy_grows_and_prunes_on_cpu():
     _train(raw, optimizers, prune_only, state, [4, 5, 6], target, cams)
     assert raw["means"].shape[0] == n_grown - 5
     assert (torch.sigmoid(raw["opacities"]) > 0.005).all()
+
+
+def test_capped_strategy_grows_the_largest_gradients_up_to_the_cap_and_matches_gsplat_below_it():
+    from studio.strategy import CappedDefaultStrategy
+
+    cams = orbit([0.0, 90.0], 20.0, 3.0, 45.0, 32, 32)
+    with torch.no_grad():
+        target = render_cpu(_activated(_raw_scene(60, seed=1)), cams, torch.ones(3)).rgb
+    kw = dict(refine_start_iter=1, refine_every=3, grow_grad2d=1e-6, grow_scale3d=0.01, prune_opa=0.0,
+              reset_every=10_000)
+
+    def grown(strategy):
+        torch.manual_seed(0)  # split samples from the global generator
+        raw = _raw_scene(40, seed=0)
+        optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in raw.items()}
+        state = strategy.initialize_state(scene_scale=1.0)
+        _train(raw, optimizers, strategy, state, range(0, 3), target, cams)
+        grads = (state["grad2d"] / state["count"].clamp_min(1)).clone()
+        means = raw["means"].detach().clone()
+        _train(raw, optimizers, strategy, state, [3], target, cams)
+        return raw, grads, means
+
+    free, _, _ = grown(DefaultStrategy(**kw))
+    assert free["means"].shape[0] > 50, "the uncapped strategy should grow well past the cap below"
+    same, _, _ = grown(CappedDefaultStrategy(max_gaussians=10_000, **kw))  # a cap not reached: gsplat's result
+    for k in free:
+        torch.testing.assert_close(same[k], free[k], rtol=0, atol=0, msg=k)
+
+    capped, grads, means = grown(CappedDefaultStrategy(max_gaussians=46, **kw))
+    assert capped["means"].shape[0] == 46
+    # The six that grew are the six largest mean 2D gradients: their clones or split halves were appended,
+    # and the split originals removed, so the six new rows sit next to those Gaussians.
+    top = torch.topk(grads, 6).indices
+    new = capped["means"][-6:].detach()
+    nearest = torch.cdist(new, means).argmin(dim=1)
+    assert set(nearest.tolist()) <= set(top.tolist())
