@@ -34,6 +34,20 @@ class UpdateSettings:
 
 
 @dataclass(frozen=True)
+class ApplyPreset:
+    """Lay a preset (assets/presets/<name>.json) over the current settings; the prompt stays."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Extend a finished plan by `count` steps (None: as many as the plan had) and resume."""
+
+    count: int | None = None
+
+
+@dataclass(frozen=True)
 class Pause:
     pass
 
@@ -81,6 +95,23 @@ class LoadPly:
 
 
 Command = (
-    SetPrompt | SetMethod | UpdateSettings | Pause | Resume | StepOnce | Reset | SetSeed | Export
-    | SaveCheckpoint | LoadCheckpoint | LoadPly
+    SetPrompt | SetMethod | UpdateSettings | ApplyPreset | Continue | Pause | Resume | StepOnce | Reset
+    | SetSeed | Export | SaveCheckpoint | LoadCheckpoint | LoadPly
 )
+
+
+def describe(cmd: Command) -> str:
+    """How an event names a command: 'Load checkpoint x.pt', 'Settings ism.delta_t'."""
+    if isinstance(cmd, UpdateSettings):
+        return "Settings " + ", ".join(cmd.values)
+    if isinstance(cmd, (LoadCheckpoint, LoadPly)):
+        return f"{'Load checkpoint' if isinstance(cmd, LoadCheckpoint) else 'Load PLY'} {cmd.path}"
+    if isinstance(cmd, SetMethod):
+        return f"Estimator {cmd.method}"
+    if isinstance(cmd, ApplyPreset):
+        return f"Preset {cmd.name}"
+    if isinstance(cmd, Export):
+        return "Export " + ",".join(cmd.formats)
+    names = {SetPrompt: "Prompt", Continue: "Continue", Pause: "Pause", Resume: "Resume", StepOnce: "Step",
+             Reset: "Reset", SetSeed: "Seed", SaveCheckpoint: "Checkpoint"}
+    return names.get(type(cmd), type(cmd).__name__)

@@ -8,6 +8,7 @@ where it is made (`validate`), and passed down whole.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ class RunSettings:
     method: Literal["sds", "ism", "ssd"] = "sds"
     """gradient estimator: sds (DreamFusion), ism (LucidDreamer), ssd (SteinDreamer)"""
     steps: int = 600
-    """planned optimization steps (the run stops there headless; the UI keeps going if asked)"""
+    """planned optimization steps: the session pauses there ("done"; headless runs exit), Continue extends it"""
     seed: int = 0
     """seed of every random draw: init, cameras, timesteps, noise"""
     publish_hz: float = 10.0
@@ -57,9 +58,19 @@ class RunSettings:
     """procedural prior: evaluate psnr_ref on the held-out ring every this many steps (0: never)"""
     grad_clip: float = 0.0
     """clip the norm of each parameter group's gradient (0: off)"""
+    keep_good_every: int = 50
+    """keep an in-memory copy of the scene every this many steps; a failed step returns to it (0: only
+    at commands that replace the scene)"""
+    view_psnr_every: int = 100
+    """procedural prior: psnr_ref also at the viewer's resolution every this many steps (0: never)"""
+    view_resolution: int = 256
+    """procedural prior: render size of that viewer-resolution psnr_ref, in pixels"""
 
     def validate(self) -> None:
         _check("run.steps", self.steps, 1, 1_000_000)
+        _check("run.keep_good_every", self.keep_good_every, 0, 1_000_000)
+        _check("run.view_psnr_every", self.view_psnr_every, 0, 100_000)
+        _check("run.view_resolution", self.view_resolution, 16, 2048)
         _check("run.seed", self.seed, 0, 2**31 - 1)
         _check("run.publish_hz", self.publish_hz, 0.1, 120.0)
         _check("run.psnr_every", self.psnr_every, 0, 100_000)
@@ -200,20 +211,79 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
 
 
-def load_preset(name: str, base: StudioConfig | None = None) -> StudioConfig:
-    """A preset from assets/presets/<name>.json laid over `base` (default: the defaults)."""
+METHOD_PRESETS = {"sds": "sds", "ism": "lucid", "ssd": "stein"}  # the preset that holds each method's defaults
+
+
+def _preset_data(name: str) -> dict[str, Any]:
     path = PRESETS_DIR / f"{name}.json"
     if not path.exists():
-        raise ConfigError(f"--preset {name!r}: unknown preset; choose one of {', '.join(preset_names())}")
+        raise ConfigError(f"preset {name!r}: unknown preset; choose one of {', '.join(preset_names())}")
     data = json.loads(path.read_text())
     data.pop("_comment", None)
-    return from_json(data, base=base or StudioConfig())
+    return data
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The dotted paths a preset sets, with its (JSON) values: {"ism.delta_t": 50, "run.method": "ism"}."""
+    return dict(_preset_items(name))
+
+
+@functools.lru_cache(maxsize=32)
+def _preset_items(name: str) -> tuple[tuple[str, Any], ...]:  # presets are read once (the UIs ask often)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk("", _preset_data(name))
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in out.items())
+
+
+def method_preset_values(method: str) -> dict[str, Any]:
+    """The paths of `method`'s own section in its preset (sds -> sds, ism -> lucid, ssd -> stein)."""
+    if method not in METHOD_PRESETS:
+        raise ConfigError(f"run.method: must be one of {', '.join(METHODS)}, got {method!r}")
+    return {p: v for p, v in preset_values(METHOD_PRESETS[method]).items() if p.startswith(method + ".")}
+
+
+def load_preset(name: str, base: StudioConfig | None = None) -> StudioConfig:
+    """A preset from assets/presets/<name>.json laid over `base` (default: the defaults)."""
+    try:
+        data = _preset_data(name)
+    except ConfigError:
+        raise ConfigError(f"--preset {name!r}: unknown preset; choose one of {', '.join(preset_names())}") from None
+    return from_json(data, base=base or method_defaults())
+
+
+def matching_preset(cfg: StudioConfig) -> str | None:
+    """The first preset every one of whose values `cfg` holds (the prompt aside), or None."""
+    for name in preset_names():
+        values = {p: v for p, v in preset_values(name).items() if not p.startswith("prompt.")}
+        try:
+            if confio.set_paths(cfg, values) == cfg:
+                return name
+        except ConfigError:
+            continue
+    return None
+
+
+def method_defaults() -> StudioConfig:
+    """The dataclass defaults with every estimator's section taken from its method's preset, so that the
+    settings of an estimator not yet chosen are the ones that run when it is."""
+    values: dict[str, Any] = {}
+    for m in METHODS:
+        values.update(method_preset_values(m))
+    return with_values(StudioConfig(), values)
 
 
 def default_config(method: str | None = None) -> StudioConfig:
-    """The defaults for a method: its preset (sds -> sds, ism -> lucid, ssd -> stein)."""
-    preset = {"sds": "sds", "ism": "lucid", "ssd": "stein", None: "sds"}[method]
-    return load_preset(preset)
+    """The defaults for a method: its preset (sds -> sds, ism -> lucid, ssd -> stein) over
+    `method_defaults()`."""
+    return load_preset(METHOD_PRESETS[method or "sds"])
 
 
 def replace_section(cfg: StudioConfig, name: str, section: Any) -> StudioConfig:

@@ -299,8 +299,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ReadError(path, "no such file") from None
     except IsADirectoryError:
         raise ReadError(path, "it is a directory") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
-        raise ReadError(path, f"not a studio checkpoint, or a damaged one ({str(e).splitlines()[0]})") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        # OSError: torch's zip reader answers a truncated file with EINVAL
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ReadError(path, f"not a studio checkpoint, or a damaged one ({first})") from None
     if not isinstance(payload, dict):
         raise ReadError(path, f"a checkpoint holds a dict, this one holds {type(payload).__name__}")
     return payload

@@ -1,17 +1,13 @@
-"""Building a Snapshot from the worker's state (worker thread only; the only host sync of a step)."""
+"""Building a Snapshot from the session state (worker thread only; the only host sync of a step)."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from .snapshot import Snapshot, Splats, to_uint8
-
-if TYPE_CHECKING:
-    from .session import Session
+from .state import SessionState
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -31,10 +27,12 @@ def splats_of(params) -> Splats:
     )
 
 
-def build_snapshot(session: "Session", now: float) -> Snapshot:
+def build_snapshot(state: SessionState, version: int, latest: dict[str, float],
+                   previous: Snapshot | None) -> Snapshot:
+    """The snapshot of `state` now. `latest`: the metric values just flushed (merged over the previous
+    snapshot's within one segment)."""
     t0 = time.perf_counter()
-    tr = session.trainer
-    latest = session.metrics.flush()
+    tr = state.trainer
     params = tr.scene.to_params()
     preview = reference = cams = None
     if tr.last_render is not None:
@@ -46,32 +44,34 @@ def build_snapshot(session: "Session", now: float) -> Snapshot:
             with torch.no_grad():
                 bg = torch.ones(1, 3, device=tr.device)
                 refs, _ = tr.prior.reference_images(tr.cond, tr.last_batch[0:1], bg)
-            mode = session._latest_score.mode if session._latest_score is not None else 0
+            mode = state.latest_score.mode if state.latest_score is not None else 0
             reference = to_uint8(refs[min(mode, refs.shape[0] - 1), 0])
-    old = session._snapshot
-    merged = dict(old.latest) if old is not None else {}
+    same_segment = previous is not None and previous.segment == state.segment
+    merged = dict(previous.latest) if same_segment else {}
     merged.update(latest)
     cfg = tr.cfg
     snap = Snapshot(
-        version=session.next_version(),
+        version=version,
         iteration=tr.iteration,
         planned_steps=cfg.run.steps,
-        elapsed=session._elapsed,
-        its=session._its,
-        paused=session.paused,
+        segment=state.segment,
+        done=tr.iteration >= cfg.run.steps,
+        elapsed=state.elapsed,
+        its=state.its,
+        paused=state.paused,
         method=cfg.run.method,
         prompt=cfg.prompt.prompt,
         negative=cfg.prompt.negative,
         num_gaussians=tr.scene.num_gaussians,
-        metrics=session.metrics.frozen(),
+        metrics=state.metrics.frozen(),
         latest=merged,
         splats=splats_of(params),
         preview=preview,
         reference=reference,
         cameras=cams,
         config=cfg,
-        events=tuple(session._events),
-        last_error=session.last_error,
+        events=state.events.events,
+        last_error=state.last_error,
         publish_ms=0.0,
     )
     ms = (time.perf_counter() - t0) * 1000.0

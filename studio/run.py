@@ -1,9 +1,13 @@
-"""Running a configured session: headless with a progress bar, or under a front-end."""
+"""Running a configured session: headless with a progress bar, or under a front-end. Every mode stops
+cleanly on Ctrl-C / SIGTERM: the step finishes, a checkpoint is written into the run folder (atomically),
+and its path is printed."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
+from typing import Iterable
 
 from guidance.priors.base import PriorError
 
@@ -12,25 +16,30 @@ from . import confio
 from .cli_errors import UsageError
 from .config import StudioConfig
 from .session import Session
+from .signals import StopSignals
 
 
 def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], resume: Path | None,
-        host: str, port: int, progress: bool = True) -> int:
+        host: str, port: int, progress: bool = True, user_set: Iterable[str] = ()) -> int:
     try:
-        session = Session(cfg, out_dir, paused=(ui != "headless"))
+        session = Session(cfg, out_dir, paused=(ui != "headless"), user_set=user_set)
     except (PriorError, RuntimeError) as e:  # a missing model, gsplat without CUDA: one line, exit 2
         raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if resume is not None:
         resume_from(session, resume, cfg)
-    if ui == "headless":
-        return run_headless(session, exports, progress)
-    if ui == "viser":
-        from .ui.viser_ui import serve
+    print(f"run folder: {out_dir}", file=sys.stderr)
+    with StopSignals() as stop:
+        if ui == "headless":
+            return run_headless(session, exports, progress, stop)
+        if ui == "viser":
+            from .ui.viser_ui import serve
 
-        return serve(session, host=host, port=port)
-    from .ui.desktop_ui import open_window
+            status = serve(session, host=host, port=port, stop=stop)
+        else:
+            from .ui.desktop_ui import open_window
 
-    return open_window(session)
+            status = open_window(session, stop=stop)
+    return status
 
 
 def resume_from(session: Session, path: Path, cfg: StudioConfig) -> None:
@@ -49,7 +58,20 @@ def resume_from(session: Session, path: Path, cfg: StudioConfig) -> None:
         session.drain()
 
 
-def run_headless(session: Session, exports: tuple[str, ...], progress: bool) -> int:
+def save_on_exit(session: Session, why: str) -> None:
+    """Write a checkpoint if the scene changed since the last one, and say where (the worker has stopped)."""
+    try:
+        path = session.save_if_due()
+    except OSError as e:
+        print(f"error: {why} at step {session.trainer.iteration}; the checkpoint could not be written: {e}",
+              file=sys.stderr)
+        return
+    if path is not None:
+        print(f"{why} at step {session.trainer.iteration}: checkpoint written to {path} "
+              f"(continue with: python app.py --resume {path})", file=sys.stderr)
+
+
+def run_headless(session: Session, exports: tuple[str, ...], progress: bool, stop: threading.Event) -> int:
     from tqdm import tqdm
 
     total = session.trainer.cfg.run.steps
@@ -57,7 +79,16 @@ def run_headless(session: Session, exports: tuple[str, ...], progress: bool) -> 
     bar = tqdm(total=total, initial=session.trainer.iteration, disable=not progress, unit="it",
                dynamic_ncols=True, file=sys.stderr)
 
+    seen = [max((e.id for e in session.snapshot.events), default=0)]
+
+    def say_new_events(write) -> None:  # warnings and errors (a full disk, a skipped step) as they come
+        for event in session.snapshot.events:
+            if event.id > seen[0] and event.level != "info":
+                write(f"{event.level}: {event.text}")
+        seen[0] = max([seen[0], *(e.id for e in session.snapshot.events)])
+
     def tick(s: Session) -> None:
+        say_new_events(bar.write)
         bar.update(1)
         latest = s.snapshot.latest
         post = {"loss": f"{latest.get('loss', float('nan')):.3g}"}
@@ -65,17 +96,23 @@ def run_headless(session: Session, exports: tuple[str, ...], progress: bool) -> 
             post["psnr_ref"] = f"{latest['psnr_ref']:.2f}dB"
         bar.set_postfix(post, refresh=False)
 
-    session.run_steps(todo, callback=tick)
+    session.run_steps(todo, callback=tick, stop=stop)
     bar.close()
+    say_new_events(lambda text: print(text, file=sys.stderr))
+    if stop.is_set():
+        save_on_exit(session, "interrupted")
+        return 130
     snap = session.snapshot
-    if session.last_error:
-        print(f"error: {session.last_error}", file=sys.stderr)
+    if session.last_error:  # its event, printed above, says what failed and where the scene is
         return 1
     score = session.trainer.score()
     if score is not None:
-        print(f"psnr_ref {float(score.psnr):.2f} dB (nearest mode: {score.mode_name}) after "
-              f"{snap.iteration} steps, {snap.elapsed:.1f} s")
+        view = session.trainer.score(session.trainer.cfg.run.view_resolution)
+        print(f"psnr_ref {float(score.psnr):.2f} dB at {session.trainer.cfg.render.resolution} px, "
+              f"{float(view.psnr):.2f} dB at {session.trainer.cfg.run.view_resolution} px (nearest mode: "
+              f"{score.mode_name}) after {snap.iteration} steps, {snap.elapsed:.1f} s, "
+              f"{snap.num_gaussians:,} Gaussians")
     if exports:
-        for path in session.actions.export(exports, session.out_dir):
+        for path in session.export_now(exports):
             print(f"wrote {path}")
     return 0

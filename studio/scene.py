@@ -137,8 +137,6 @@ class GaussianScene:
         self.densifier = Densifier(densify, self.extent, self.device)
         self._initial = {k: v.detach().to("cpu", torch.float32).clone() for k, v in _checked(raw).items()}
         self._install(self._initial)
-        self._good: dict[str, Any] | None = None
-        self.mark_good()
 
     # ----- construction -----------------------------------------------------------------------------
     @classmethod
@@ -211,7 +209,6 @@ class GaussianScene:
             self._initial = {k: v.detach().to("cpu", torch.float32).clone() for k, v in _checked(raw).items()}
             self.extent = float(extent)
         self._install(self._initial)
-        self.mark_good()
 
     # ----- views --------------------------------------------------------------------------------------
     @property
@@ -277,15 +274,14 @@ class GaussianScene:
 
     # ----- settings -------------------------------------------------------------------------------------
     def set_optim_settings(self, optim: OptimSettings) -> None:
-        """New rates apply from the next optimizer_step; Adam's moments are kept."""
-        optim.validate()
+        """New (validated) rates apply from the next optimizer_step; Adam's moments are kept."""
         self.optim_settings = optim
         for opt in self.optimizers.values():
             opt.param_groups[0]["betas"] = optim.betas
             opt.param_groups[0]["eps"] = optim.eps
 
     def set_densify_settings(self, densify: DensifySettings) -> None:
-        """New thresholds keep the accumulated statistics (a new strategy kind starts afresh)."""
+        """New (validated) thresholds keep the accumulated statistics (a new strategy kind starts afresh)."""
         self.densifier.replace_settings(densify)
 
     def set_sh_degree(self, degree: int) -> None:
@@ -323,42 +319,44 @@ class GaussianScene:
         """Restore what state_dict saved; the current settings stay (betas / eps re-applied)."""
         if state.get("version") != 1 or "params" not in state:
             raise SceneError("scene state: unknown format (expected the dict GaussianScene.state_dict writes)")
-        self.extent = float(state["extent"])
-        self._install(_checked(state["params"]))
+        extent = float(state["extent"])
+        if not (extent > 0 and math.isfinite(extent)):
+            raise SceneError(f"scene state: extent must be a positive number of world units, got {extent!r}")
+        params = _checked(state["params"])
+        _check_moments(params, state["optimizers"])
+        self.extent = extent
+        self._install(params)
         for k, opt in self.optimizers.items():
             opt.load_state_dict(copy.deepcopy(state["optimizers"][k]))  # Adam may alias loaded tensors
         self.set_optim_settings(self.optim_settings)
-        self.densifier.load_state_dict(state["densifier"])
-        self.mark_good()
-
-    def mark_good(self) -> None:
-        """Remember the current state as the one `restore_if_corrupt` returns to.
-
-        One copy is kept, in host memory (so it costs no GPU memory); the session calls this now and then
-        (e.g. when it publishes a snapshot). Construction, reset() and load_state_dict() call it too.
-        """
-        self._good = _to_cpu(self.state_dict())
+        self.densifier.load_state_dict(state["densifier"], self.num_gaussians)
 
     def is_finite(self) -> bool:
+        """Whether every parameter is finite (one host sync per group)."""
         return all(bool(torch.isfinite(p).all()) for p in self.params.values())
 
-    def restore_if_corrupt(self) -> bool:
-        """If any parameter is NaN / inf, go back to the last mark_good() state and return True."""
-        if self.is_finite():
-            return False
-        if self._good is None:
-            raise SceneError("the scene has non-finite parameters and no good state to return to; reset it")
-        self.load_state_dict(self._good)
-        return True
+
+def _check_moments(params: Mapping[str, Tensor], optimizers: Mapping[str, Any]) -> None:
+    """Adam's moments must have their parameter's shape (torch's load_state_dict does not check)."""
+    for k, p in params.items():
+        if k not in optimizers:
+            raise SceneError(f"scene state: no optimizer state for {k}")
+        for slot in optimizers[k].get("state", {}).values():
+            for name in ("exp_avg", "exp_avg_sq"):
+                t = slot.get(name)
+                if isinstance(t, Tensor) and tuple(t.shape) != tuple(p.shape):
+                    raise SceneError(f"scene state: Adam's {name} of {k} has shape {tuple(t.shape)}, the "
+                                     f"parameter {tuple(p.shape)}")
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_host(obj: Any) -> Any:
+    """Nested dicts / lists of tensors with every tensor in host memory (a copy only where it moves)."""
     if isinstance(obj, Tensor):
         return obj.to("cpu")
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_host(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_host(v) for v in obj]
     return obj
 
 

@@ -1,9 +1,14 @@
-"""Session: the trainer in a worker thread, a command queue in front of it, snapshots behind it.
+"""Session: a SessionState run by a worker thread, a command queue in front of it, snapshots behind it.
 
-Threads (STYLE.md rule 6): the worker owns every tensor. Front-ends call `send()` (validates at once,
-raises CommandError, changes nothing on refusal) and read `snapshot` (the latest immutable Snapshot;
-never blocks the worker). Commands are applied between steps, never mid-step. A failing step pauses the
-session, keeps the last good scene and puts the error in the snapshot.
+Threads (STYLE.md rule 6): the worker owns the state and every tensor in it. Front-ends call `send()`,
+which parses and validates the command once (`handlers.prepare`; a refusal raises CommandError and
+changes nothing), and read `snapshot` (the latest immutable Snapshot; never blocks the worker).
+
+Between steps the worker applies queued commands as transactions (`handlers.apply` inside
+`SessionState.memento / restore`): a failure leaves every object as it was, and an error event names
+the command. A failing step pauses the session and keeps the scene (or, if the step had started to
+change it, returns to the good copy kept every `run.keep_good_every` steps). At `run.steps` the session
+pauses with a "done" event; Continue (or Resume) extends the plan.
 """
 
 from __future__ import annotations
@@ -13,43 +18,52 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from . import commands as C
 from . import config as cfgmod
-from .actions import Actions
-from .confio import ConfigError
-from .snapshot import Event, MetricsLog, Snapshot
+from . import handlers
 from .publish import build_snapshot
+from .snapshot import MetricsLog, Snapshot, last_segment
+from .state import SessionState
 from .trainer import Trainer
 
 
 class Session:
-    """Owns one Trainer. `start()` runs it in a worker thread; `run_steps()` runs it in the caller's."""
+    """Owns one SessionState. `start()` runs it in a worker thread; `run_steps()` in the caller's.
+
+    Args:
+        config: the settings to start with (validated here)
+        out_dir: the run folder: metrics.jsonl, exports and checkpoints go here
+        prior: a prior to use instead of building one (tests)
+        metrics_file: write metrics.jsonl (rows carry their segment; a folder's segments keep counting)
+        paused: start paused (the front-ends resume once they are up)
+        user_set: config paths the user set (on the command line): a method switch leaves them alone
+    """
 
     def __init__(self, config: cfgmod.StudioConfig, out_dir: str | Path = "out", *, prior: Any = None,
-                 metrics_file: bool = True, paused: bool = False):
-        self.out_dir = Path(out_dir)
-        self.trainer = Trainer(cfgmod.validate(config), prior=prior)
-        self.metrics = MetricsLog(path=self._metrics_path() if metrics_file else None)
-        self.actions = Actions(self)
-        self._queue: queue.Queue = queue.Queue()
+                 metrics_file: bool = True, paused: bool = False, user_set: Iterable[str] = ()):
+        config = cfgmod.validate(config)
+        run_dir = Path(out_dir)
+        path = None
+        if metrics_file:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / "metrics.jsonl"
+        metrics = MetricsLog(path=path, segment=last_segment(path) + 1 if path is not None else 1)
+        self.state = SessionState(Trainer(config, prior=prior), run_dir, metrics, user_set=frozenset(user_set),
+                                  paused=paused, rate_mark=(time.perf_counter(), 0))
+        self.state.keep_good()
+        self._queue: queue.Queue[handlers.Prepared] = queue.Queue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._requested = config  # the config after every accepted command, for validating the next
-        self._paused = paused
-        self._pending_steps = 0
-        self._events: list[Event] = []
-        self._event_id = 0
-        self.last_error: str | None = None
-        self._elapsed = 0.0
-        self._rate = (time.perf_counter(), 0)  # (time, iteration) at the start of the it/s window
-        self._its = 0.0
+        # The front side: the config and user-set paths as of every accepted command, for the next one.
+        self._requested = config
+        self._user_set = self.state.user_set
+        self._plan_unit = config.run.steps  # what Continue adds: the plan as last set by the user
         self._last_publish = 0.0
         self._version = 0
-        self._latest_score = None
         self._snapshot: Snapshot | None = None
         self.publish(force=True)
 
@@ -67,15 +81,32 @@ class Session:
 
     def send(self, cmd: C.Command) -> None:
         """Validate `cmd` now and queue it for the worker. Raises CommandError; on refusal nothing changes."""
+        payload = handlers.read_checkpoint(Path(cmd.path)) if isinstance(cmd, C.LoadCheckpoint) \
+            and Path(cmd.path).is_file() else None  # read outside the lock: it may be large
         with self._lock:
-            prepared, new_cfg = self.actions.validate(cmd, self._requested)
-            self._requested = new_cfg
+            prepared = handlers.prepare(cmd, self._requested, self._user_set, self._context(), payload)
+            self._accept(prepared)
             self._queue.put(prepared)
         self._wake.set()
 
     def update(self, **values: Any) -> None:
         """Shorthand: session.update(**{"ism.delta_t": 80})."""
         self.send(C.UpdateSettings(values))
+
+    def _context(self) -> handlers.SendContext:
+        def check_prompt(cfg: cfgmod.StudioConfig) -> None:
+            prior = self.state.trainer.prior
+            if hasattr(prior, "reference_images"):  # the procedural prior: embedding is a tag lookup
+                prior.embed(cfg.prompt.prompt, cfg.prompt.negative)
+
+        snap = self._snapshot
+        return handlers.SendContext(check_prompt, snap.iteration if snap is not None else 0, self._plan_unit,
+                                    self.state.run_dir)
+
+    def _accept(self, p: handlers.Prepared) -> None:
+        self._requested, self._user_set = p.config, p.user_set
+        if p.config.run.steps != p.base.run.steps and not isinstance(p.cmd, C.Continue):
+            self._plan_unit = p.config.run.steps
 
     # ----- the worker side --------------------------------------------------------------------------
     def start(self) -> "Session":
@@ -89,15 +120,12 @@ class Session:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            if not self._thread.is_alive():
+                self._thread = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -109,33 +137,66 @@ class Session:
                     self.publish()
                     self._wake.wait(0.05)
                     self._wake.clear()
-            except Exception as e:  # noqa: BLE001 -- outside the step (publishing, a command): pause, keep going
-                self._fail(e)
+            except Exception as e:  # noqa: BLE001 -- outside the step (publishing): pause, keep going
+                self._fail_outside_step(e)
                 self._wake.wait(0.05)
         self.drain()
         self.publish(force=True)
 
     def _should_step(self) -> bool:
-        return self._pending_steps > 0 or (not self._paused and self.last_error is None)
+        st = self.state
+        self._check_plan()
+        return st.pending_steps > 0 or (not st.paused and st.last_error is None)
 
     def drain(self) -> None:
-        """Apply every queued command (worker thread, between steps)."""
+        """Apply every queued command (worker thread, between steps), then publish once."""
+        applied = False
         while True:
             try:
-                cmd = self._queue.get_nowait()
+                prepared = self._queue.get_nowait()
             except queue.Empty:
-                return
-            try:
-                self.actions.apply(cmd)
-            except (ConfigError, C.CommandError, OSError, ValueError) as e:
-                self.event("error", f"{type(cmd).__name__}: {e}")
+                break
+            applied = True
+            self._apply(prepared)
+        if applied:
             self.publish(force=True)
 
-    def run_steps(self, n: int, callback=None) -> None:
-        """Run n steps in the caller's thread (headless runs, tests), applying queued commands between."""
+    def _apply(self, p: handlers.Prepared) -> None:
+        st = self.state
+        saved = st.memento()
+        try:
+            handlers.apply(st, p)
+        except Exception as e:  # noqa: BLE001 -- any failure of a command rolls it back, whatever it was
+            st.restore(saved)
+            st.event("error", f"{C.describe(p.cmd)} failed; nothing changed and training goes on: "
+                              f"{_one_line(e)}")
+            self._rebase()
+
+    def _rebase(self) -> None:
+        """After a failed command the config the front-ends see is the trainer's again; commands queued
+        behind the failed one are validated anew against it (dropped, with an event, if they no longer
+        apply)."""
+        st = self.state
+        with self._lock:
+            queued = []
+            while not self._queue.empty():
+                queued.append(self._queue.get_nowait())
+            self._requested, self._user_set = st.trainer.cfg, st.user_set
+            for p in queued:
+                try:
+                    again = handlers.prepare(p.cmd, self._requested, self._user_set, self._context(), p.payload)
+                except C.CommandError as e:
+                    st.event("error", f"{C.describe(p.cmd)} dropped after the failed command: {e}")
+                    continue
+                self._accept(again)
+                self._queue.put(again)
+
+    def run_steps(self, n: int, callback=None, stop: threading.Event | None = None) -> None:
+        """Run up to n steps in the caller's thread (headless runs, tests), applying queued commands
+        between them; stops early on an error or when `stop` is set."""
         for _ in range(n):
             self.drain()
-            if self.last_error is not None:
+            if self.state.last_error is not None or (stop is not None and stop.is_set()):
                 break
             self._one_step()
             if callback is not None:
@@ -143,75 +204,123 @@ class Session:
         self.publish(force=True)
 
     def _one_step(self) -> None:
-        tr = self.trainer
+        st = self.state
+        tr = st.trainer
         t0 = time.perf_counter()
         try:
             diag = tr.step()
         except Exception as e:  # noqa: BLE001 -- any failure must pause, not kill, the studio
-            self._fail(e)
+            self._fail_step(e)
             return
-        self._elapsed += time.perf_counter() - t0
-        if self._pending_steps > 0:
-            self._pending_steps -= 1
-        every = tr.cfg.run.psnr_every
-        if every and tr.is_procedural and tr.iteration % every == 0:
-            self._latest_score = tr.score()
-            diag["psnr_ref"] = self._latest_score.psnr
-            diag["ref_mode"] = self._latest_score.mode_name
+        try:
+            self._evaluate(diag)
+        except Exception as e:  # noqa: BLE001 -- the step itself is done; say what failed after it
+            self._fail_outside_step(e, f"while evaluating psnr_ref after step {tr.iteration}")
+            return
+        st.elapsed += time.perf_counter() - t0
+        if st.pending_steps > 0:
+            st.pending_steps -= 1
         diag["gaussians"] = tr.scene.num_gaussians
-        self.metrics.add(tr.iteration, diag)
+        st.metrics.add(tr.iteration, diag)
         if diag.get("skipped"):
-            self.event("warning", f"step {tr.iteration}: {int(diag['nonfinite_grads'])} non-finite gradient "
-                                  "entries; the step was skipped")
+            st.event("warning", f"step {tr.iteration}: {int(diag['nonfinite_grads'])} non-finite gradient "
+                                "entries; the step was skipped")
+        every = tr.cfg.run.keep_good_every
+        if every and tr.iteration % every == 0 and not st.keep_good():
+            self._scene_went_bad()
+            return
+        self._check_plan()
         self.publish()
 
-    def _fail(self, e: BaseException) -> None:
-        tb = traceback.format_exc(limit=6)
-        self.trainer.scene.zero_grad()
-        restored = self.trainer.scene.restore_if_corrupt()
-        self.last_error = f"{type(e).__name__}: {e}"
-        self._paused = True
-        self._pending_steps = 0
-        note = " (the scene was restored to its last good state)" if restored else ""
-        self.event("error", f"step {self.trainer.iteration} failed and the session paused{note}: "
-                            f"{self.last_error}")
-        self.traceback = tb
+    def _evaluate(self, diag: dict[str, Any]) -> None:
+        """psnr_ref at the training and the viewer's resolution, when due (procedural prior)."""
+        tr, run = self.state.trainer, self.state.trainer.cfg.run
+        if not tr.is_procedural:
+            return
+        if run.psnr_every and tr.iteration % run.psnr_every == 0:
+            self.state.latest_score = tr.score()
+            diag["psnr_ref"] = self.state.latest_score.psnr
+            diag["ref_mode"] = self.state.latest_score.mode_name
+        if run.view_psnr_every and tr.iteration % run.view_psnr_every == 0:
+            diag["psnr_view"] = tr.score(run.view_resolution).psnr
+
+    def _check_plan(self) -> None:
+        """At the plan's end: pause once, with a "done" event (StepOnce still steps past it)."""
+        st, tr = self.state, self.state.trainer
+        planned = tr.cfg.run.steps
+        if tr.iteration < planned:
+            st.announced_done = False
+            return
+        if st.announced_done or st.pending_steps > 0:
+            return
+        st.announced_done, st.paused = True, True
+        score = st.latest_score
+        at = f", psnr_ref {float(score.psnr):.2f} dB" if score is not None else ""
+        st.event("info", f"done: {tr.iteration:,} of {planned:,} planned steps{at}; Continue (or Resume) adds "
+                         f"{self._plan_unit:,} more")
+
+    # ----- failures ---------------------------------------------------------------------------------
+    def _fail_step(self, e: BaseException) -> None:
+        st, tr = self.state, self.state.trainer
+        st.traceback = traceback.format_exc(limit=6)
+        failed = tr.iteration + 1
+        tr.scene.zero_grad()
+        st.last_error = f"{type(e).__name__}: {e}"
+        st.paused, st.pending_steps = True, 0
+        if tr.updating or not tr.scene.is_finite():
+            try:
+                back = st.rewind()
+                note = (f"it had changed part of the scene, so the scene went back to step {back} "
+                        f"(a copy is kept every {tr.cfg.run.keep_good_every} steps: run.keep_good_every)")
+            except Exception as again:  # noqa: BLE001 -- say so; Reset still builds a new scene
+                note = f"the scene is damaged and could not be restored ({_one_line(again)}); reset it"
+        else:
+            note = f"the scene is as after step {tr.iteration}: the failed step changed nothing"
+        st.event("error", f"step {failed} failed and the session paused: {st.last_error}; {note}")
+        self._publish_after_failure()
+
+    def _scene_went_bad(self) -> None:
+        st = self.state
+        now = st.trainer.iteration
+        back = st.rewind()
+        st.last_error = f"the scene became NaN or infinite between steps {back} and {now}"
+        st.paused, st.pending_steps = True, 0
+        st.event("error", f"{st.last_error}; it went back to step {back} and the session paused (lower the "
+                          f"learning rates, or set run.grad_clip)")
+        self._publish_after_failure()
+
+    def _fail_outside_step(self, e: BaseException, what: str = "outside a step") -> None:
+        st = self.state
+        st.traceback = traceback.format_exc(limit=6)
+        st.last_error = f"{type(e).__name__}: {e}"
+        st.paused, st.pending_steps = True, 0
+        st.event("error", f"the session paused after an error {what}: {st.last_error}")
+        self._publish_after_failure()
+
+    def _publish_after_failure(self) -> None:
         try:
             self.publish(force=True)
         except Exception as pub:  # noqa: BLE001 -- the snapshot keeps its last good state
-            self.event("error", f"publishing a snapshot failed: {type(pub).__name__}: {pub}")
+            self.state.event("error", f"publishing a snapshot failed: {type(pub).__name__}: {pub}")
 
-    # ----- events and snapshots ---------------------------------------------------------------------
-    def event(self, level: str, text: str, path: str | None = None) -> Event:
-        self._event_id += 1
-        ev = Event(self._event_id, level, text, path)
-        self._events = (self._events + [ev])[-50:]
-        return ev
-
+    # ----- snapshots --------------------------------------------------------------------------------
     def publish(self, force: bool = False) -> None:
+        st = self.state
         now = time.perf_counter()
-        hz = self.trainer.cfg.run.publish_hz
-        if not force and now - self._last_publish < 1.0 / hz:
+        if not force and now - self._last_publish < 1.0 / st.trainer.cfg.run.publish_hz:
             return
-        t0, it0 = self._rate
-        if now - t0 >= 1.0:
-            self._its = (self.trainer.iteration - it0) / (now - t0)
-            self._rate = (now, self.trainer.iteration)
-        snap = build_snapshot(self, now)
+        t0, it0 = st.rate_mark
+        if now - t0 >= 1.0 or st.trainer.iteration < it0:
+            st.its = max(0.0, (st.trainer.iteration - it0) / (now - t0))
+            st.rate_mark = (now, st.trainer.iteration)
+        latest, note = st.metrics.flush()
+        if note is not None:
+            st.event("warning", note)
+        self._version += 1
+        snap = build_snapshot(st, self._version, latest, self._snapshot)
         with self._lock:
             self._snapshot = snap
         self._last_publish = time.perf_counter()
-
-    def next_version(self) -> int:
-        self._version += 1
-        return self._version
-
-    def _metrics_path(self) -> Path | None:
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        return self.out_dir / "metrics.jsonl"
 
     def wait_for(self, predicate, timeout: float = 30.0, poll: float = 0.02) -> Snapshot:
         """Block until predicate(snapshot) holds (tests, scripts); raises TimeoutError."""
@@ -224,10 +333,49 @@ class Session:
         raise TimeoutError(f"condition not reached in {timeout} s; last snapshot at iteration "
                            f"{self.snapshot.iteration}, error {self.snapshot.last_error!r}")
 
-    def set_paused(self, paused: bool) -> None:
-        self._paused = paused
-        if not paused:
-            self.last_error = None
+    # ----- for the caller's thread when the worker is not running (headless runs, closing, tests) ------
+    @property
+    def trainer(self) -> Trainer:
+        """The current trainer. Touch it only from the worker, or while no worker runs."""
+        return self.state.trainer
 
-    def add_steps(self, n: int) -> None:
-        self._pending_steps += n
+    @property
+    def out_dir(self) -> Path:
+        return self.state.run_dir
+
+    @out_dir.setter
+    def out_dir(self, path: Path) -> None:
+        self.state.run_dir = Path(path)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.state.last_error
+
+    @property
+    def paused(self) -> bool:
+        return self.state.paused
+
+    def export_now(self, formats: tuple[str, ...]) -> list[Path]:
+        """Write exports into the run folder in the caller's thread (the worker must not be running)."""
+        assert not self.running, "stop the worker first, or send an Export command"
+        return handlers.export(self.state, formats, self.state.run_dir)
+
+    def checkpoint_due(self) -> bool:
+        """Whether the scene changed since a checkpoint was last written or loaded."""
+        it = self.state.trainer.iteration
+        return it > 0 and it != self.state.saved_iteration
+
+    def save_if_due(self) -> Path | None:
+        """Write a checkpoint into the run folder if one is due (closing, Ctrl-C); the worker must not be
+        running. Returns its path, or None. Raises OSError when it cannot be written."""
+        assert not self.running, "stop the worker first"
+        if not self.checkpoint_due():
+            return None
+        path = handlers.save(self.state, None)
+        self.publish(force=True)
+        return path
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

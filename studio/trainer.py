@@ -22,10 +22,16 @@ from renderers.transfer import to_device
 from .config import METHODS, StudioConfig
 from .evaluation import RefScore, held_out_cameras, score_against_reference
 from .scene import GaussianScene
+from .strategy import check_device
 
 
 class StepError(RuntimeError):
-    """A step that could not complete; the session pauses and shows it."""
+    """A step or a settings change that could not complete; the message says what to do."""
+
+
+def device_of(renderer: Any) -> torch.device:
+    """Where a renderer's scene must live: gsplat renders on CUDA, every other backend on the CPU."""
+    return torch.device("cuda" if renderer.name == "gsplat" else "cpu")
 
 
 def build_prior(cfg: StudioConfig, device: torch.device):
@@ -40,26 +46,47 @@ def build_prior(cfg: StudioConfig, device: torch.device):
 
 
 class Trainer:
-    def __init__(self, cfg: StudioConfig, prior: Any = None):
+    """Args:
+        cfg: a validated config
+        prior: a prior to use instead of building one from cfg.prior (tests; a new Trainer sharing the
+            old one's prior after a reset or a load)
+        renderer: likewise, a renderer to reuse
+        state: a `state_dict()` to start from (a checkpoint) instead of a new scene from cfg.init
+    """
+
+    def __init__(self, cfg: StudioConfig, prior: Any = None, renderer: Any = None,
+                 state: dict[str, Any] | None = None):
         self.cfg = cfg
-        self.renderer = renderers.make_renderer(cfg.render.renderer)
-        self.device = torch.device("cuda" if self.renderer.name == "gsplat" else "cpu")
+        self.renderer = renderer if renderer is not None else renderers.make_renderer(cfg.render.renderer)
+        self.device = device_of(self.renderer)
         self.prior = prior if prior is not None else build_prior(cfg, self.device)
         self.is_procedural = hasattr(self.prior, "reference_images")
         self.estimators = {m: make_estimator(m, getattr(cfg, m), seed=cfg.run.seed) for m in METHODS}
         self.cond = self.prior.embed(cfg.prompt.prompt, cfg.prompt.negative)
         self.iteration = 0
         self.skipped_steps = 0
+        self.updating = False  # True while a step changes the scene (a failure then leaves it half-updated)
         self.last_batch = None
         self.last_render = None
-        self._new_scene()
+        self._new_streams()
+        if state is None:
+            torch.manual_seed(cfg.run.seed)  # gsplat's split draws from the global generator
+            self.scene = GaussianScene.from_settings(cfg.init, cfg.optim, cfg.densify, seed=cfg.run.seed,
+                                                     device=self.device)
+        else:
+            self.load_state_dict(state)
+
+    def derive(self, cfg: StudioConfig, state: dict[str, Any] | None = None) -> "Trainer":
+        """A fresh Trainer for `cfg` (from `state` if given) that reuses this one's prior and renderer where
+        cfg allows (a reset, a load): building it changes nothing here, so a failure leaves this trainer
+        as it was."""
+        same_prior = cfg.prior == self.cfg.prior and cfg.render.renderer == self.cfg.render.renderer
+        renderer = self.renderer if cfg.render.renderer == self.cfg.render.renderer else None
+        return Trainer(cfg, prior=self.prior if same_prior else None, renderer=renderer, state=state)
 
     # ----- construction and reseeding -------------------------------------------------------------
-    def _new_scene(self) -> None:
+    def _new_streams(self) -> None:
         cfg = self.cfg
-        torch.manual_seed(cfg.run.seed)  # gsplat's split draws from the global generator
-        self.scene = GaussianScene.from_settings(cfg.init, cfg.optim, cfg.densify, seed=cfg.run.seed,
-                                                 device=self.device)
         res = cfg.render.resolution
         self.sampler = CameraSampler(cfg.camera, res, res, seed=cfg.run.seed + 1)
         self.bg_generator = torch.Generator().manual_seed(cfg.run.seed + 2)
@@ -67,36 +94,79 @@ class Trainer:
             est.reseed(cfg.run.seed)
         self.iteration = 0
 
-    def reset(self) -> None:
-        self._new_scene()
-
     @property
     def estimator(self):
         return self.estimators[self.cfg.run.method]
 
     # ----- settings ---------------------------------------------------------------------------------
     def apply_config(self, new: StudioConfig) -> None:
-        """Bring every object in line with `new` (validated already); settings are replaced whole."""
-        old, self.cfg = self.cfg, new
-        for m in METHODS:
-            self.estimators[m].settings = getattr(new, m)
-        if new.camera != old.camera or new.render.resolution != old.render.resolution:
-            self.sampler.ranges = new.camera
-            self.sampler.width = self.sampler.height = new.render.resolution
-        if new.optim != old.optim:
-            self.scene.set_optim_settings(new.optim)
-        if new.densify != old.densify:
-            self.scene.set_densify_settings(new.densify)
+        """Bring every object in line with `new` (validated already); settings are replaced whole.
+
+        A transaction: everything that can fail (building a renderer or prior, embedding the prompt,
+        checking the densifier's device) happens before anything is changed, and if a later assignment
+        fails anyway every object goes back to what it was."""
+        old = self.cfg
+        renderer, prior, cond = self.renderer, self.prior, self.cond
+        if new.render.renderer != old.render.renderer:
+            renderer = renderers.make_renderer(new.render.renderer)
+            if device_of(renderer) != self.device:
+                raise StepError(f"render.renderer: {new.render.renderer} renders on {device_of(renderer)} and "
+                                f"the scene lives on {self.device}; restart with --renderer {new.render.renderer}")
         if new.prior != old.prior or new.render.renderer != old.render.renderer:
-            if new.render.renderer != old.render.renderer:
-                self.renderer = renderers.make_renderer(new.render.renderer)
-            self.prior = build_prior(new, self.device)
-            self.is_procedural = hasattr(self.prior, "reference_images")
-            self.cond = self.prior.embed(new.prompt.prompt, new.prompt.negative)
+            prior = build_prior(new, self.device)
+            cond = prior.embed(new.prompt.prompt, new.prompt.negative)
         elif (new.prompt.prompt, new.prompt.negative) != (old.prompt.prompt, old.prompt.negative):
-            self.cond = self.prior.embed(new.prompt.prompt, new.prompt.negative)
-        if new.run.seed != old.run.seed:
-            self.reseed(new.run.seed)
+            cond = prior.embed(new.prompt.prompt, new.prompt.negative)
+        if new.densify != old.densify:
+            check_device(new.densify, self.device)
+        saved = self.memento()
+        try:
+            self.cfg, self.renderer, self.prior, self.cond = new, renderer, prior, cond
+            self.is_procedural = hasattr(prior, "reference_images")
+            for m in METHODS:
+                self.estimators[m].settings = getattr(new, m)
+            if new.camera != old.camera or new.render.resolution != old.render.resolution:
+                self.sampler.ranges = new.camera
+                self.sampler.width = self.sampler.height = new.render.resolution
+            if new.optim != old.optim:
+                self.scene.set_optim_settings(new.optim)
+            if new.densify != old.densify:
+                self.scene.set_densify_settings(new.densify)
+            if new.run.seed != old.run.seed:
+                self.reseed(new.run.seed)
+        except BaseException:
+            self.restore(saved)
+            raise
+
+    def memento(self) -> dict[str, Any]:
+        """What apply_config may change, by reference or as small states (not the scene's tensors, which
+        no settings change touches): `restore` puts it back."""
+        sc = self.scene
+        return {
+            "attrs": {k: getattr(self, k) for k in ("cfg", "renderer", "prior", "cond", "is_procedural")},
+            "settings": {m: e.settings for m, e in self.estimators.items()},
+            "rngs": {m: e.state_dict() for m, e in self.estimators.items()},
+            "sampler": (self.sampler.ranges, self.sampler.width, self.sampler.height, self.sampler.get_state()),
+            "bg_rng": self.bg_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "scene": (sc.optim_settings, [dict(o.param_groups[0]) for o in sc.optimizers.values()],
+                      sc.densifier.settings, sc.densifier.strategy, sc.densifier.state),
+        }
+
+    def restore(self, m: dict[str, Any]) -> None:
+        for k, v in m["attrs"].items():
+            setattr(self, k, v)
+        for name, est in self.estimators.items():
+            est.settings = m["settings"][name]
+            est.load_state_dict(m["rngs"][name])
+        self.sampler.ranges, self.sampler.width, self.sampler.height, sampler_rng = m["sampler"]
+        self.sampler.set_state(sampler_rng)
+        self.bg_generator.set_state(m["bg_rng"])
+        torch.set_rng_state(m["torch_rng"])
+        sc = self.scene
+        sc.optim_settings, groups, sc.densifier.settings, sc.densifier.strategy, sc.densifier.state = m["scene"]
+        for opt, group in zip(sc.optimizers.values(), groups):
+            opt.param_groups[0].update(group)
 
     def reseed(self, seed: int) -> None:
         """Future draws (cameras, backgrounds, noise, timesteps) follow the new seed; the scene stays."""
@@ -140,10 +210,12 @@ class Trainer:
             return {"skipped": 1.0, "nonfinite_grads": float(bad)}
         if cfg.run.grad_clip > 0:
             self.scene.clip_grads(cfg.run.grad_clip)
+        self.updating = True
         self.scene.optimizer_step(step)
         self.scene.post_backward(step, out.info)
         self.scene.zero_grad()
         self.iteration += 1
+        self.updating = False
         self.last_batch, self.last_render = batch, out.rgb.detach()
         diag = dict(result.diagnostics)
         diag["loss"] = result.loss.detach()
@@ -151,12 +223,13 @@ class Trainer:
         return diag
 
     # ----- evaluation -------------------------------------------------------------------------------
-    def score(self) -> RefScore | None:
-        """psnr_ref on the held-out ring (procedural prior only)."""
+    def score(self, size: int | None = None) -> RefScore | None:
+        """psnr_ref on the held-out ring (procedural prior only), rendered at `size` pixels (default: the
+        training resolution; the viewer's resolution shows what 64 px training hides)."""
         if not self.is_procedural:
             return None
         rg = self.cfg.camera
-        cams = held_out_cameras(sum(rg.radius) / 2, sum(rg.fovy_deg) / 2, self.cfg.render.resolution)
+        cams = held_out_cameras(sum(rg.radius) / 2, sum(rg.fovy_deg) / 2, size or self.cfg.render.resolution)
         cams = replace(cams, cameras=cams.cameras.to(self.device))
         bg = {"white": 1.0, "black": 0.0, "random": 1.0}[self.cfg.render.background]
         return score_against_reference(self.renderer, self.scene.to_params(), self.prior, self.cond, cams,
@@ -175,7 +248,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scene.load_state_dict(state["scene"])
+        """Restore what state_dict saved. The scene is a new object, built before anything is replaced."""
+        sc = state["scene"]
+        scene = GaussianScene(sc["params"], extent=sc["extent"], optim=self.cfg.optim, densify=self.cfg.densify,
+                              device=self.device)
+        scene.load_state_dict(sc)
+        self.scene = scene
         for m, s in state["estimators"].items():
             self.estimators[m].load_state_dict(s)
         self.sampler.set_state(state["sampler_rng"])

@@ -285,18 +285,15 @@ def test_state_dict_round_trip_through_a_checkpoint_resumes_the_same_run(tmp_pat
     _state_equal(expected, other.state_dict())
 
 
-def test_reset_and_restore_if_corrupt():
+def test_reset_and_finiteness():
     scene = GaussianScene.ball(25, 0.5, seed=4)
     start = scene.state_dict()
     train_step(scene, 0, cams(), torch.zeros(2, 24, 24, 3))
     assert not torch.equal(scene.params["means"], start["params"]["means"])
-    assert scene.restore_if_corrupt() is False  # finite: nothing to do
-    scene.mark_good()
-    good = scene.state_dict()
+    assert scene.is_finite()
     with torch.no_grad():
         scene.params["means"][3, 1] = float("nan")
-    assert scene.restore_if_corrupt() is True
-    _state_equal(good, scene.state_dict())
+    assert not scene.is_finite()
     scene.reset()
     assert torch.equal(scene.params["means"], start["params"]["means"])
     assert scene.optimizers["means"].state == {}
