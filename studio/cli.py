@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 from . import config as cfgmod
+from .cli_errors import UsageError
 from .commands import EXPORT_FORMATS
 from .confio import ConfigError
+from .startup import check_listen, display_problem, headless_message, latest_checkpoint, resolve_run_dir
 
 UIS = ("viser", "desktop", "headless")
-
-
-from .cli_errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="training render size in pixels")
     p.add_argument("--batch", type=int, help="cameras per step")
     p.add_argument("--seed", type=int, help="seed of every random draw")
-    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
+    p.add_argument("--out", type=Path, default=Path("out"),
+                   help="output folder (default: ./out); each launch writes into a new run folder in it")
     p.add_argument("--export", default="ply",
                    help=f"comma-separated formats written at the end of a headless run: "
                    f"{','.join(EXPORT_FORMATS)} (default: ply; 'none' for nothing)")
-    p.add_argument("--resume", type=Path, help="continue from a checkpoint (.pt)")
+    p.add_argument("--resume", type=Path, help="continue from a checkpoint (.pt), or a run folder's latest one; "
+                   "the run goes on in the checkpoint's run folder")
     p.add_argument("--ui", choices=UIS, default=None,
                    help="front-end: viser (browser, default), desktop (DearPyGui window), headless")
     p.add_argument("--host", default="127.0.0.1", help="address the browser studio binds (default 127.0.0.1)")
@@ -55,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> cfgmod.StudioConfig:
     """preset (or the method's default) <- --config file <- flags <- --set, validated once."""
+    return settings_from_args(args)[0]
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[cfgmod.StudioConfig, set[str]]:
+    """The config, and the paths the user set on the command line (a method switch leaves them alone)."""
     if args.resume:  # continue with the checkpoint's settings unless a flag says otherwise
         cfg = checkpoint_config(args.resume)
     elif args.preset:
         cfg = cfgmod.load_preset(args.preset)
     else:
         cfg = cfgmod.default_config(args.method)
+    base = cfg
     if args.config:
         try:
             cfg = cfgmod.from_json(args.config.read_text(), base=cfg)
@@ -81,13 +88,16 @@ def config_from_args(args: argparse.Namespace) -> cfgmod.StudioConfig:
     }
     values = {k: v for k, v in flags.items() if v is not None}
     values.update(cfgmod.confio.parse_assignments(args.sets))
-    return cfgmod.with_values(cfg, values)
+    final = cfgmod.with_values(cfg, values)
+    user_set = set(cfgmod.confio.diff(base, cfg)) | set(values)  # the --config file's own values count too
+    return final, user_set
 
 
 def checkpoint_config(path: Path) -> cfgmod.StudioConfig:
     from .atomic import ReadError
     from .export import load_checkpoint
 
+    path = latest_checkpoint(path) if path.is_dir() else path
     try:
         payload = load_checkpoint(path)
     except (ReadError, OSError) as e:
@@ -127,17 +137,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_settings:
         print(list_settings())
         return 0
+    run_dir = None
     try:
-        cfg = config_from_args(args)
+        cfg, user_set = settings_from_args(args)
         exports = parse_exports(args.export)
         ui = args.ui or "viser"
-        if args.host not in ("127.0.0.1", "localhost", "::1") and ui == "viser":
-            print(f"warning: binding {args.host}: the studio has no authentication; anyone who can reach "
-                  f"this address can drive it", file=sys.stderr)
+        if ui == "desktop" and (problem := display_problem()) is not None:
+            print(headless_message(problem, args.port), file=sys.stderr)
+            return 2
+        if ui == "viser":
+            check_listen(args.host, args.port)
+            if args.host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"warning: binding {args.host}: the studio has no authentication; anyone who can reach "
+                      f"this address can drive it", file=sys.stderr)
+        # Before any model loads: a run folder that can be written (a new one, or the resumed run's).
+        run_dir, resume = resolve_run_dir(args.out, args.resume)
         from .run import run  # heavy imports (torch, diffusers) only after the arguments are good
 
-        return run(cfg, ui=ui, out_dir=args.out, exports=exports, resume=args.resume,
-                   host=args.host, port=args.port, progress=not args.no_progress)
+        return run(cfg, ui=ui, out_dir=run_dir, exports=exports, resume=resume, host=args.host,
+                   port=args.port, progress=not args.no_progress, user_set=user_set)
     except (UsageError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if run_dir is not None and args.resume is None:
+            remove_if_empty(run_dir)  # nothing ran: leave no empty run folder behind
         return 2
+
+
+def remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (metrics were written), or gone: keep what is there

@@ -35,7 +35,7 @@ class UpdateSettings:
 
 @dataclass(frozen=True)
 class ApplyPreset:
-    """Lay a preset (assets/presets/<name>.json) over the current settings; the prompt stays."""
+    """Lay a preset (assets/presets/<name>.json) over the current settings; the prompt and the plan stay."""
 
     name: str
 

@@ -259,10 +259,19 @@ def load_preset(name: str, base: StudioConfig | None = None) -> StudioConfig:
     return from_json(data, base=base or method_defaults())
 
 
+LIVE_PRESET_SKIPS = ("prompt.", "run.steps")  # what a preset picked while running leaves alone
+
+
+def live_preset_values(name: str) -> dict[str, Any]:
+    """A preset's values as applied to a running session: not the prompt, and not the plan (picking
+    "sds" at step 900 must not end a run planned for 1200)."""
+    return {p: v for p, v in preset_values(name).items() if not p.startswith(LIVE_PRESET_SKIPS)}
+
+
 def matching_preset(cfg: StudioConfig) -> str | None:
-    """The first preset every one of whose values `cfg` holds (the prompt aside), or None."""
+    """The first preset every one of whose live values `cfg` holds, or None."""
     for name in preset_names():
-        values = {p: v for p, v in preset_values(name).items() if not p.startswith("prompt.")}
+        values = live_preset_values(name)
         try:
             if confio.set_paths(cfg, values) == cfg:
                 return name

@@ -117,7 +117,7 @@ def _settings_values(cmd: C.Command, base: StudioConfig, user_set: frozenset[str
         return dict(cmd.values), user_set | set(cmd.values)
     if isinstance(cmd, C.ApplyPreset):
         try:
-            values = {p: v for p, v in cfgmod.preset_values(cmd.name).items() if not p.startswith("prompt.")}
+            values = cfgmod.live_preset_values(cmd.name)
         except ConfigError as e:
             raise C.CommandError(str(e)) from None
         return values, user_set - set(values)  # the preset's values are the preset's, not the user's
