@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import confio
-from .config import StudioConfig
+from .config import StudioConfig, preset_names
 
 Kind = Literal["text", "number", "int", "slider", "dropdown", "checkbox", "range"]
 
@@ -41,9 +41,23 @@ class Button:
 
 
 @dataclass(frozen=True)
+class Picker:
+    """A dropdown that sends a command rather than editing one field: `action` "preset" sends
+    ApplyPreset(choice). It shows the choice the config matches now, or CUSTOM."""
+
+    action: str  # "preset"
+    label: str
+    options: tuple[str, ...]
+    help: str = ""
+
+
+CUSTOM = "custom"  # a Picker's value when the config matches none of its options
+
+
+@dataclass(frozen=True)
 class Folder:
     label: str
-    items: tuple[Control | Button, ...]
+    items: tuple[Control | Button | Picker, ...]
     method: str | None = None  # only relevant while this estimator is active (shown expanded)
 
 
@@ -72,10 +86,15 @@ PANEL: tuple[Folder, ...] = (
         Control("prompt.prompt", "Prompt", "text"),
         Control("prompt.negative", "Negative", "text"),
         _choice("run.method", "Estimator"),
+        Picker("preset", "Preset", (CUSTOM, *preset_names()),
+               "lay a preset over the settings (sds; lucid: ISM as LucidDreamer; stein: SSD as SteinDreamer); "
+               "the prompt stays. Switching the estimator applies its own preset section unless you set "
+               "those fields"),
     )),
     Folder("Transport", (
         Button("pause", "Pause"),
         Button("resume", "Resume"),
+        Button("continue", "Continue", "the plan is done: extend it by as many steps again and go on"),
         Button("step", "Step once"),
         Button("reset", "Reset scene", "re-initialize the Gaussians with the current settings"),
         Control("run.steps", "Planned steps", "int", 1, 100_000, 1),

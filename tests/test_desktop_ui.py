@@ -217,6 +217,36 @@ def test_panel_edits_reach_the_session_and_refusals_show_its_message(window):
     assert Path(ply).is_file() and any(ply in line for line in shown_messages(studio))
 
 
+def test_preset_picker_and_state_aware_transport(window):
+    studio, session = window
+    picker = studio.panel.pickers["preset"][1]
+    user_sets(picker, "lucid")
+    assert session.config.run.method == "ism" and session.config.ism.delta_t == 50  # the preset wins
+    frames(studio, 2)
+    assert dpg.get_value(picker) == "lucid" and dpg.get_value(studio.panel.headers["ism"])
+    user_sets(studio.panel.items["ism.delta_t"], 60)
+    frames(studio, 2)
+    assert dpg.get_value(picker) == "custom"
+
+    def enabled(action):
+        return dpg.get_item_configuration(studio.panel.buttons[action])["enabled"]
+
+    it = session.snapshot.iteration
+    session.send(C.UpdateSettings({"run.steps": it + 2}))
+    user_clicks(studio.panel.buttons["resume"])
+    session.wait_for(lambda s: s.done and s.paused and s.iteration == it + 2, timeout=60)
+    frames(studio, 2)
+    assert enabled("continue") and not enabled("pause") and not enabled("resume")
+    assert "done" in dpg.get_value(studio.status)
+    user_clicks(studio.panel.buttons["continue"])
+    session.wait_for(lambda s: s.done and s.paused and s.iteration == 2 * (it + 2), timeout=60)  # +the plan
+    session.send(C.UpdateSettings({"run.steps": 100_000}))
+    user_sets(picker, "sds")
+    session.wait_for(lambda s: s.method == "sds" and s.planned_steps == 100_000, timeout=30)
+    frames(studio, 2)
+    assert not enabled("continue") and enabled("resume")
+
+
 def test_viewport_shows_the_snapshot_from_the_orbit_camera(window):
     studio, session = window
     it = session.snapshot.iteration

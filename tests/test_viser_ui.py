@@ -25,7 +25,8 @@ import torch
 import studio.commands as C
 from renderers.camera import look_at
 from renderers.reference import quat_to_rotmat
-from studio.config import default_config, with_values
+from studio import confio
+from studio.config import default_config, method_preset_values, with_values
 from studio.export import read_gaussian_ply
 from studio.session import Session
 from studio.ui import common
@@ -229,6 +230,31 @@ def test_failed_step_and_unwritable_export_are_notifications_not_a_dead_page(env
     assert studio.refresh_errors == 0
 
 
+def test_preset_picker_and_continue_at_the_end_of_the_plan(env):
+    session, studio, client = env
+    picker = studio.panel.pickers["preset"][1]
+    client.set_value(picker, "stein")
+    session.wait_for(lambda s: s.config.run.method == "ssd" and s.method == "ssd")
+    assert all(confio.get_path(session.config, p) == v for p, v in method_preset_values("ssd").items())
+    eventually(lambda: picker.value == "stein" and studio.panel.folders["SSD"].visible, what="stein shown")
+    client.set_value(widget(studio, "ssd.guidance_scale"), 9.0)  # a field of the preset: it no longer matches
+    eventually(lambda: picker.value == "custom", what="picker says custom")
+
+    it = session.snapshot.iteration
+    session.send(C.UpdateSettings({"run.steps": it + 3}))
+    done = session.wait_for(lambda s: s.done and s.paused, timeout=60)
+    assert done.iteration == it + 3 and "done" in common.status_line(done)
+    buttons = studio.panel.buttons
+    eventually(lambda: not buttons["continue"].disabled and buttons["pause"].disabled
+               and buttons["resume"].disabled, what="only Continue offered at the plan's end")
+    client.click(buttons["continue"])
+    session.wait_for(lambda s: s.planned_steps == 2 * (it + 3) and s.iteration > it + 4 and not s.paused)
+    assert buttons["continue"].disabled or not session.snapshot.done
+    session.send(C.UpdateSettings({"run.steps": 100_000}))
+    client.set_value(picker, "sds")  # a preset picked while running leaves the plan alone
+    session.wait_for(lambda s: s.method == "sds" and s.planned_steps == 100_000)
+
+
 # ----- shared front-end logic and the scene's math ---------------------------------------------------
 def test_button_and_load_commands():
     assert common.button_command("pause") == C.Pause()
@@ -260,7 +286,8 @@ def test_plot_series_thins_by_block_means_and_drops_nonfinite():
 def _fake_snapshot(metrics):
     from studio.snapshot import Snapshot
 
-    return Snapshot(version=1, iteration=1500, planned_steps=600, elapsed=3725.0, its=7.25, paused=False,
+    return Snapshot(version=1, iteration=1500, planned_steps=600, segment=1, done=True, elapsed=3725.0,
+                    its=7.25, paused=False,
                     method="sds", prompt="a cube", negative="", num_gaussians=12345, metrics=metrics,
                     latest={"mu": 0.5}, splats=None, preview=None, reference=None, cameras=None, config=None,
                     events=(), last_error=None, publish_ms=0.0)
@@ -332,11 +359,20 @@ def test_app_serves_the_browser_studio_by_default_and_quits_on_ctrl_c(tmp_path):
                    timeout=90, what="the studio's address printed")
         assert proc.poll() is None, "".join(lines)[-3000:]
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=10).status == 200
+        eventually(lambda: any(len(p.read_text().splitlines()) >= 2 for p in tmp_path.glob("run-*/metrics.jsonl")),
+                   timeout=90, what="two training steps in the run folder")
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)
         reader.join(5)
-        assert rc == 0, "".join(lines)[-3000:]
-        assert "stopping" in "".join(lines)
+        text = "".join(lines)
+        assert rc == 0, text[-3000:]
+        assert "stopping" in text
+        # Ctrl-C saved the scene: a checkpoint in the run folder, named in the output, that loads.
+        saved = next(line for line in lines if "checkpoint written to" in line)
+        ckpt = Path(saved.split("checkpoint written to ")[1].split(" (")[0])
+        assert ckpt.parent.parent == tmp_path and ckpt.parent.name.startswith("run-")
+        payload = torch.load(ckpt, weights_only=True)
+        assert payload["trainer"]["iteration"] >= 2
     finally:
         if proc.poll() is None:
             proc.kill()

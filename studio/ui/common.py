@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from .. import commands as C
+from .. import config as cfgmod
 from .. import confio
-from ..controls import Control, Readout
+from ..controls import CUSTOM, Control, Picker, Readout
 from ..snapshot import Event, Snapshot
 
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
@@ -30,15 +31,39 @@ PLY_SUFFIXES = (".ply",)
 def button_command(action: str) -> C.Command:
     """The Command behind a panel Button's action (see controls.Button); ValueError for unknown ones."""
     simple: dict[str, C.Command] = {
-        "pause": C.Pause(), "resume": C.Resume(), "step": C.StepOnce(1), "reset": C.Reset(),
-        "checkpoint": C.SaveCheckpoint(),
+        "pause": C.Pause(), "resume": C.Resume(), "continue": C.Continue(), "step": C.StepOnce(1),
+        "reset": C.Reset(), "checkpoint": C.SaveCheckpoint(),
     }
     if action in simple:
         return simple[action]
     if action.startswith("export:"):
         return C.Export(formats=(action.split(":", 1)[1],))
-    raise ValueError(f"unknown button action {action!r}; expected pause, resume, step, reset, checkpoint "
-                     "or export:<format>")
+    raise ValueError(f"unknown button action {action!r}; expected pause, resume, continue, step, reset, "
+                     "checkpoint or export:<format>")
+
+
+def picker_value(picker: Picker, cfg: Any) -> str:
+    """What a Picker shows for config `cfg`: the preset it matches, or CUSTOM."""
+    assert picker.action == "preset", picker
+    return cfgmod.matching_preset(cfg) or CUSTOM
+
+
+def picker_command(picker: Picker, choice: str) -> C.Command | None:
+    """The command a pick sends (None for CUSTOM, which is a state, not an action)."""
+    assert picker.action == "preset", picker
+    return None if choice == CUSTOM else C.ApplyPreset(choice)
+
+
+def button_enabled(action: str, snap: Snapshot) -> bool:
+    """Whether a transport button does something in the session's state now."""
+    running = not snap.paused and snap.last_error is None
+    if action == "pause":
+        return running
+    if action == "resume":
+        return not running and not snap.done
+    if action == "continue":
+        return snap.done
+    return True
 
 
 def load_command(path: str | Path) -> C.LoadCheckpoint | C.LoadPly:
@@ -114,6 +139,8 @@ def format_duration(seconds: float) -> str:
 def run_state(snap: Snapshot) -> str:
     if snap.last_error:
         return "stopped on error"
+    if snap.done and snap.paused:
+        return "done"
     return "paused" if snap.paused else "running"
 
 

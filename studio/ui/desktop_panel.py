@@ -12,7 +12,7 @@ from typing import Any, Callable
 import dearpygui.dearpygui as dpg
 
 from .. import commands as C
-from ..controls import PANEL, READOUTS, Button, Control, Folder, all_controls
+from ..controls import PANEL, READOUTS, Button, Control, Folder, Picker, all_controls
 from ..session import Session
 from ..snapshot import Snapshot
 from . import common
@@ -38,6 +38,8 @@ class Panel:
         self.buttons: dict[str, int | str] = {}
         self.headers: dict[str, int | str] = {}  # method -> its folder's header
         self.readouts: list[tuple[Any, int | str]] = []  # (Readout, text item)
+        self.pickers: dict[str, tuple[Picker, int | str]] = {}  # action -> (picker, combo)
+        self._enabled: dict[str, bool] = {}  # action -> whether its button is enabled now
         self.inputs: list[int | str] = []  # widgets that take typed keys (shortcuts wait while active)
         self._controls = all_controls()
         self._shown = session.config
@@ -59,6 +61,8 @@ class Panel:
             for item in folder.items:
                 if isinstance(item, Control):
                     self._build_control(item)
+                elif isinstance(item, Picker):
+                    self._build_picker(item)
             for readout in READOUTS.get(folder.label, ()):
                 with dpg.group(horizontal=True):
                     dpg.add_text(f"{readout.label}:")
@@ -71,6 +75,13 @@ class Panel:
             with dpg.tooltip(item):
                 dpg.add_text(button.help, wrap=320)
         self.buttons[button.action] = item
+
+    def _build_picker(self, p: Picker) -> None:
+        item = dpg.add_combo(list(p.options), default_value=common.picker_value(p, self._shown), label=p.label,
+                             callback=self._on_picker, user_data=p, width=INPUT_WIDTH)
+        with dpg.tooltip(item):
+            dpg.add_text(p.help, wrap=320)
+        self.pickers[p.action] = (p, item)
 
     def _build_control(self, c: Control) -> None:
         value = common.widget_value(c, self._shown)
@@ -119,6 +130,11 @@ class Panel:
             return
         self.send(cmd)
 
+    def _on_picker(self, sender, app_data, picker: Picker) -> None:
+        cmd = common.picker_command(picker, dpg.get_value(self.pickers[picker.action][1]))
+        if cmd is None or not self.send(cmd):
+            dpg.set_value(self.pickers[picker.action][1], common.picker_value(picker, self.session.config))
+
     def _on_control(self, sender, app_data, control: Control) -> None:
         value = self.read(control)
         if not self.send(C.UpdateSettings({control.path: common.config_value(control, value)})):
@@ -145,8 +161,17 @@ class Panel:
             self._method = cfg.run.method
             for method, header in self.headers.items():
                 dpg.set_value(header, method == self._method)
+        if cfg is not self._shown:
+            for picker, item in self.pickers.values():
+                if not dpg.is_item_active(item):
+                    dpg.set_value(item, common.picker_value(picker, cfg))
         if not deferred:
             self._shown = cfg
+        for action, item in self.buttons.items():
+            enabled = common.button_enabled(action, snap)
+            if self._enabled.get(action) != enabled:
+                dpg.configure_item(item, enabled=enabled)
+                self._enabled[action] = enabled
         for readout, text in self.readouts:
             dpg.set_value(text, common.readout_text(snap, readout))
 

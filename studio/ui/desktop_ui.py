@@ -14,11 +14,9 @@ worker and writes a checkpoint when the scene changed since the last one, so not
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
-import os
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 from .. import commands as C
 from ..session import Session
 from ..snapshot import Event, Snapshot
+from ..startup import display_problem, headless_message  # noqa: F401 -- checked at start-up, and here
 from . import common
 from .desktop_panel import LEVEL_COLOUR, Panel
 from .desktop_view import OrbitView, ViewportRenderer, WindowSettings
@@ -46,29 +45,6 @@ IDLE_AFTER_S = 1.0  # seconds without input before the window drops to idle_fps
 PLOT_HZ = 2.0  # plot redraws per second while training
 
 
-def display_problem(env: dict | None = None, platform: str = sys.platform) -> str | None:
-    """Why no window can open here (one line), or None. Linux needs an X display that answers (the
-    window is GLFW on X11 / XWayland); without one GLFW would abort with an assertion."""
-    env = os.environ if env is None else env
-    if not platform.startswith("linux"):
-        return None
-    display = env.get("DISPLAY", "")
-    if not display:
-        return "no display (DISPLAY is not set)"
-    lib = ctypes.util.find_library("X11")
-    if lib is None:
-        return None  # cannot ask the server; let GLFW try
-    x11 = ctypes.CDLL(lib)
-    x11.XOpenDisplay.restype = ctypes.c_void_p
-    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
-    handle = x11.XOpenDisplay(display.encode())
-    if not handle:
-        return f"cannot open display {display!r}"
-    x11.XCloseDisplay(handle)
-    return None
-
-
 def font_file() -> Path | None:
     """The first font of FONT_CANDIDATES (or matplotlib's DejaVu Sans) that exists here, else None."""
     paths = [Path(p) for p in FONT_CANDIDATES]
@@ -78,15 +54,10 @@ def font_file() -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
-def headless_message(problem: str, port: int = 8080) -> str:
-    return (f"error: the desktop studio needs a display: {problem}. On a headless machine use the browser "
-            f"studio instead: python app.py --ui viser --port {port} (then open http://127.0.0.1:{port}, "
-            f"through ssh -L {port}:127.0.0.1:{port} from another machine)")
-
-
-def open_window(session: Session, settings: WindowSettings = WindowSettings()) -> int:
-    """Open the studio window, start training, block until the window is closed. Returns the exit code
-    (2 without a display, after one line on stderr)."""
+def open_window(session: Session, settings: WindowSettings = WindowSettings(),
+                stop: threading.Event | None = None) -> int:
+    """Open the studio window, start training, block until the window is closed (or `stop` is set: Ctrl-C
+    / SIGTERM, see studio.signals). Returns the exit code (2 without a display, after one line on stderr)."""
     problem = display_problem()
     if problem is not None:
         print(headless_message(problem), file=sys.stderr)
@@ -95,7 +66,7 @@ def open_window(session: Session, settings: WindowSettings = WindowSettings()) -
     try:
         session.send(C.Resume())
         session.start()
-        while dpg.is_dearpygui_running():
+        while dpg.is_dearpygui_running() and not (stop is not None and stop.is_set()):
             studio.frame()
             studio.pace()
     except KeyboardInterrupt:  # Ctrl-C in the terminal closes the window like its close button
@@ -121,10 +92,9 @@ class DesktopStudio:
         self.viewport = ViewportRenderer(settings, cfg.render.renderer)
         snap = session.snapshot
         self.events = common.EventTracker(snap)
-        self.saved_iteration = snap.iteration if _saved(snap.events) else None
         self.frame_ms: deque[float] = deque(maxlen=600)
         self._seen_version = -1
-        self._plotted, self._last_plot = -1, -float("inf")  # iteration and time of the last plot update
+        self._plotted, self._last_plot = (0, -1), -float("inf")  # (segment, iteration) and time last plotted
         self._buttons_down = {dpg.mvMouseButton_Left: False, dpg.mvMouseButton_Right: False}
         self._drag = dict.fromkeys(self._buttons_down, False)
         self._mouse = (0.0, 0.0)
@@ -224,9 +194,10 @@ class DesktopStudio:
         for event in self.events.new(snap):
             self._on_event(event, snap)
         now = time.perf_counter()
-        if snap.iteration != self._plotted and (snap.paused or now - self._last_plot >= 1.0 / PLOT_HZ):
+        drawn = (snap.segment, snap.iteration)
+        if drawn != self._plotted and (snap.paused or now - self._last_plot >= 1.0 / PLOT_HZ):
             self._update_plots(snap)
-            self._plotted, self._last_plot = snap.iteration, now
+            self._plotted, self._last_plot = drawn, now
 
     def _update_plots(self, snap: Snapshot) -> None:
         """Redraw the curves (a long history takes milliseconds to convert: at most PLOT_HZ while training)."""
@@ -237,8 +208,6 @@ class DesktopStudio:
             dpg.set_value(series, [xs.tolist(), ys.tolist()])
 
     def _on_event(self, event: Event, snap: Snapshot) -> None:
-        if _saved((event,)):
-            self.saved_iteration = snap.iteration
         where = f" -> {event.path}" if event.path else ""
         self.message(event.level, event.text + where)
 
@@ -302,12 +271,8 @@ class DesktopStudio:
         raise RuntimeError(f"output_frame_buffer gave no pixels in {max_frames} frames")
 
     def checkpoint_due(self) -> bool:
-        """Whether the scene changed since it was last saved or loaded (closing would write one): trained
-        past iteration 0 and not at the iteration of the last checkpoint event seen."""
-        snap = self.session.snapshot
-        for event in self.events.new(snap):
-            self._on_event(event, snap)
-        return snap.iteration > 0 and snap.iteration != self.saved_iteration
+        """Whether the scene changed since it was last saved or loaded (closing would write one)."""
+        return self.session.checkpoint_due()
 
     def close(self) -> Path | None:
         """Stop the worker, write a checkpoint if the scene changed since the last one, close the window.
@@ -322,21 +287,10 @@ class DesktopStudio:
                 print("warning: the training step did not finish in time; no checkpoint written on close",
                       file=sys.stderr)
                 return None
-            return self._save() if self.checkpoint_due() else None
+            try:
+                return self.session.save_if_due()
+            except OSError as e:
+                print(f"error: the checkpoint could not be written on close: {e}", file=sys.stderr)
+                return None
         finally:
             dpg.destroy_context()
-
-    def _save(self) -> Path | None:
-        self.session.send(C.SaveCheckpoint())
-        self.session.drain()  # the worker has stopped: apply it here
-        for event in self.events.new(self.session.snapshot):
-            if event.level == "error":
-                print(f"error: {event.text}", file=sys.stderr)
-            elif _saved((event,)):
-                return Path(event.path)
-        return None
-
-
-def _saved(events: tuple[Event, ...]) -> bool:
-    """Whether any of these events wrote or loaded a checkpoint (the scene on disk matches the session)."""
-    return any(e.path is not None and Path(e.path).suffix in common.CHECKPOINT_SUFFIXES for e in events)

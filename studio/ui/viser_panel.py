@@ -17,16 +17,16 @@ from typing import Any
 import viser
 
 from .. import commands as C
-from ..controls import PANEL, READOUTS, Button, Control, Folder, Readout
+from ..controls import PANEL, READOUTS, Button, Control, Folder, Picker, Readout
 from ..session import Session
 from ..snapshot import Snapshot
 from .common import (
-    button_command, changed_paths, config_value, load_command, readout_text, same_value, slider_is_int,
-    widget_value,
+    button_command, button_enabled, changed_paths, config_value, load_command, picker_command, picker_value,
+    readout_text, same_value, slider_is_int, widget_value,
 )
 
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
-BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "reset": "red", "step": "gray"}
+BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "continue": "green", "reset": "red", "step": "gray"}
 UPLOAD_LIMIT = 512 * 1024 * 1024
 
 
@@ -50,8 +50,9 @@ class PanelView:
         self.buttons: dict[str, Any] = {}  # action -> handle
         self.folders: dict[str, Any] = {}  # folder label -> handle
         self.readouts: list[tuple[Readout, Any]] = []
+        self.pickers: dict[str, tuple[Picker, Any]] = {}  # action -> (picker, handle)
         self.prompt_form: Any = None
-        self.synced_config = session.config
+        self.synced_config = self._picker_config = session.config
         self._send_lock = threading.Lock()  # callbacks run concurrently in viser's thread pool
         for folder in PANEL:
             self._build_folder(folder)
@@ -72,6 +73,8 @@ class PanelView:
             for item in folder.items:
                 if isinstance(item, Button):
                     self._add_button(item)
+                elif isinstance(item, Picker):
+                    self._add_picker(item)
                 else:
                     self._add_control(item)
             if texts:
@@ -105,6 +108,13 @@ class PanelView:
         if control.kind != "text":
             handle.on_update(lambda event, c=control, h=handle: self._on_control(c, h, event.client))
         self.widgets[control.path] = (control, handle)
+
+    def _add_picker(self, picker: Picker) -> None:
+        handle = self.server.gui.add_dropdown(picker.label, picker.options,
+                                              initial_value=picker_value(picker, self.session.config),
+                                              hint=picker.help or None)
+        handle.on_update(lambda event, p=picker, h=handle: self._on_picker(p, h, event.client))
+        self.pickers[picker.action] = (picker, handle)
 
     def _add_button(self, button: Button) -> None:
         handle = self.server.gui.add_button(button.label, hint=button.help or None,
@@ -150,6 +160,14 @@ class PanelView:
             cmd = C.UpdateSettings({control.path: config_value(control, handle.value)})
         if not self.send(cmd, client):
             handle.value = widget_value(control, self.session.config)
+
+    def _on_picker(self, picker: Picker, handle: Any, client: Any) -> None:
+        shown = picker_value(picker, self.session.config)
+        if handle.value == shown:
+            return  # our own echo, or no change
+        cmd = picker_command(picker, handle.value)
+        if cmd is None or not self.send(cmd, client):
+            handle.value = shown
 
     def _apply_prompt(self, client: Any) -> None:
         prompt = self.widgets["prompt.prompt"][1].value
@@ -205,6 +223,12 @@ class PanelView:
             if control.kind in ("slider", "number", "int", "range"):
                 handle.min, handle.max, _ = widget_bounds(control, cfg, value)
             handle.value = value
+        if self._picker_config is not cfg:  # also after our own sends, which mark the config as shown
+            self._picker_config = cfg
+            for picker, handle in self.pickers.values():
+                value = picker_value(picker, cfg)
+                if handle.value != value:
+                    handle.value = value
         # Cheap when nothing changed (viser sends a property only when its value differs).
         self._show_method(cfg.run.method)
         self._update_dependants(cfg)
@@ -221,9 +245,7 @@ class PanelView:
 
     def update(self, snap: Snapshot) -> None:
         """Transport buttons and live readouts from a snapshot."""
-        if "pause" in self.buttons:
-            self.buttons["pause"].disabled = snap.paused
-        if "resume" in self.buttons:
-            self.buttons["resume"].disabled = not snap.paused and snap.last_error is None
+        for action, handle in self.buttons.items():
+            handle.disabled = not button_enabled(action, snap)
         for readout, handle in self.readouts:
             handle.value = readout_text(snap, readout)

@@ -164,7 +164,7 @@ class LiveView:
         self.plot_period, self.image_period = 1.0 / plot_hz, 1.0 / image_hz
         self._last_plot = self._last_image = -math.inf
         self._image_iteration = -1
-        self._plot_lengths: dict[str, int] = {}
+        self._plot_lengths: dict[str, tuple[int, int]] = {}  # metric -> (segment, points) last drawn
         self.caption = server.gui.add_markdown("**Training view**")
         self.image = server.gui.add_image(np.full((256, 256, 3), 255, np.uint8), format="jpeg", jpeg_quality=92)
         self.plots: dict[str, tuple[Plot, viser.GuiUplotHandle]] = {}
@@ -212,9 +212,9 @@ class LiveView:
         n = len(snap.metrics.get(metric, ()))
         has_ref = snap.reference is not None
         handle.visible = has_ref or not plot.procedural_only
-        if n == self._plot_lengths.get(metric):
+        if (snap.segment, n) == self._plot_lengths.get(metric):
             return
-        self._plot_lengths[metric] = n
+        self._plot_lengths[metric] = (snap.segment, n)
         x, y = plot_series(snap, metric)
         if plot.log_y:  # zeros and negatives have no logarithm: drop them, and say so if that is all
             keep = y > 0

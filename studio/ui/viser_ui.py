@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import traceback
 from collections import deque
 from pathlib import Path
@@ -205,25 +204,33 @@ class ViserStudio:
             self.notify(client, "Download", f"could not read {path}: {e.strerror}", "error")
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8080) -> int:
-    """Run the browser studio until Ctrl-C: start training, print the address, block.
+def serve(session: Session, host: str = "127.0.0.1", port: int = 8080,
+          stop: threading.Event | None = None) -> int:
+    """Run the browser studio until Ctrl-C / SIGTERM (`stop`, see studio.signals): start training, print
+    the address, block; on the way out stop the worker and write a checkpoint if the scene changed.
 
-    Returns the exit status (0 after Ctrl-C, 1 if the port cannot be bound)."""
+    Returns the exit status (0 after a stop request, 1 if the port cannot be bound)."""
+    from ..run import save_on_exit
+
+    stop = stop or threading.Event()
     studio: ViserStudio | None = None
+    status = 0
     try:
         studio = ViserStudio(session, host, port).start()
         session.start()
         session.send(C.Resume())
         print(f"Gaussian Dreamer Studio: open {studio.url} in a browser (Ctrl-C to quit)", flush=True)
-        while True:
-            time.sleep(0.5)
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         print("\nstopping...", file=sys.stderr)
     except OSError as e:
         print(f"error: cannot serve on {host}:{port}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        status = 1
     finally:
         if studio is not None:
             studio.stop()
         session.stop()
-    return 0
+    if not session.running:
+        save_on_exit(session, "stopped")
+    return status
