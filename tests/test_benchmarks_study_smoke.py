@@ -58,3 +58,11 @@ def test_scaling_quick_prints_both_sweeps_and_exponents(scaling_out, sweep):
     rows = table_rows(scaling_out, sweep)
     assert len(rows) == 2 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows), scaling_out
     assert re.search(r"render vs N -?[\d.]+ / -?[\d.]+", scaling_out), scaling_out
+
+
+def test_default_run_quick_reports_the_plan_and_twice_the_plan():
+    out = run_quick("default_run.py")
+    rows = table_rows(out, "defaults")
+    assert [r[1] for r in rows] == ["40", "80"], out
+    for r in rows:
+        assert int(r[2].replace(",", "")) <= 20_000 and all(math.isfinite(float(c)) for c in r[3:5]), r

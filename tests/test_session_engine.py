@@ -347,3 +347,28 @@ def test_psnr_ref_is_measured_at_the_viewer_resolution_too(tmp_path):
     at_64 = float(s.trainer.score(64).psnr)
     assert s.snapshot.metrics["psnr_view"][-1][1] == pytest.approx(at_64, abs=1e-4)
     assert abs(at_64 - float(s.trainer.score().psnr)) > 1e-3  # a different measurement than at 16 px
+
+
+def test_a_queued_load_shows_the_loaded_settings_at_once(tmp_path):
+    a = Session(small(**{"prompt.prompt": "a ball"}), tmp_path / "a")
+    a.run_steps(2)
+    ckpt = tmp_path / "ball.pt"
+    _checkpoint(a, ckpt)
+    b = Session(small(), tmp_path / "b")
+    b.send(C.LoadCheckpoint(str(ckpt)))
+    assert b.config.prompt.prompt == "a ball"  # what the UI shows before the worker has loaded it
+    b.send(C.UpdateSettings({"sds.guidance_scale": 12.0}))  # validated against the loaded settings
+    b.drain()
+    assert b.trainer.cfg.prompt.prompt == "a ball" and b.trainer.cfg.sds.guidance_scale == 12.0
+    assert b.config == b.trainer.cfg
+
+
+def test_the_engine_imports_flow_one_way():
+    """session -> handlers -> state -> trainer; nothing below the session imports it (no cycle)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "studio"
+    for name in ("state", "handlers", "publish", "snapshot", "trainer", "scene"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "session" not in imported and "ui" not in imported, (name, imported)
