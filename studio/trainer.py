@@ -254,6 +254,10 @@ class Trainer:
                               device=self.device)
         scene.load_state_dict(sc)
         self.scene = scene
+        unknown = sorted(set(state["estimators"]) - set(self.estimators))
+        if unknown:
+            raise StepError(f"trainer state: estimator state for {', '.join(unknown)}, which this studio does "
+                            f"not have (it has {', '.join(self.estimators)})")
         for m, s in state["estimators"].items():
             self.estimators[m].load_state_dict(s)
         self.sampler.set_state(state["sampler_rng"])
