@@ -54,13 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> cfgmod.StudioConfig:
-    """preset (or the method's default) <- --config file <- flags <- --set, validated once."""
-    return settings_from_args(args)[0]
-
-
 def settings_from_args(args: argparse.Namespace) -> tuple[cfgmod.StudioConfig, set[str]]:
-    """The config, and the paths the user set on the command line (a method switch leaves them alone)."""
+    """preset (or the method's default) <- --config file <- flags <- --set, validated once; and the paths
+    the user set on the command line (a method switch leaves them alone)."""
     if args.resume:  # continue with the checkpoint's settings unless a flag says otherwise
         cfg = checkpoint_config(args.resume)
     elif args.preset:

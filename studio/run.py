@@ -17,6 +17,7 @@ from .cli_errors import UsageError
 from .config import StudioConfig
 from .session import Session
 from .signals import StopSignals
+from .ui.common import EventTracker
 
 
 def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], resume: Path | None,
@@ -79,13 +80,12 @@ def run_headless(session: Session, exports: tuple[str, ...], progress: bool, sto
     bar = tqdm(total=total, initial=session.trainer.iteration, disable=not progress, unit="it",
                dynamic_ncols=True, file=sys.stderr)
 
-    seen = [max((e.id for e in session.snapshot.events), default=0)]
+    events = EventTracker(session.snapshot)
 
     def say_new_events(write) -> None:  # warnings and errors (a full disk, a skipped step) as they come
-        for event in session.snapshot.events:
-            if event.id > seen[0] and event.level != "info":
+        for event in events.new(session.snapshot):
+            if event.level != "info":
                 write(f"{event.level}: {event.text}")
-        seen[0] = max([seen[0], *(e.id for e in session.snapshot.events)])
 
     def tick(s: Session) -> None:
         say_new_events(bar.write)

@@ -104,7 +104,7 @@ class MetricsLog:
     segment: int = 1
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     pending: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    unwritten: list[dict[str, Any]] = field(default_factory=list)
+    unwritten: list[str] = field(default_factory=list)  # JSON lines not yet in the file
     write_error: str | None = None  # why the last write failed; None while writing works
     segment_rows: int = 0  # rows flushed in the current segment
 
@@ -161,10 +161,10 @@ class MetricsLog:
     def _write(self, rows: list[dict[str, Any]]) -> str | None:
         if self.path is None:
             return None
-        self.unwritten.extend(rows)
+        self.unwritten.extend(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                          for k, v in row.items()}) + "\n" for row in rows)  # each row once
         del self.unwritten[: max(0, len(self.unwritten) - UNWRITTEN_LIMIT)]
-        text = "".join(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                   for k, v in row.items()}) + "\n" for row in self.unwritten)
+        text = "".join(self.unwritten)
         start = None
         try:
             with open(self.path, "a", encoding="utf-8") as f:

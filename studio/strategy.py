@@ -6,7 +6,8 @@ strategy's running state dict, and is called by the scene around `loss.backward(
     render -> densifier.pre_backward -> loss.backward() -> optimizer steps -> densifier.post_backward
 
 "default" is gsplat's `DefaultStrategy` (3DGS: clone small / split large Gaussians with large 2D
-gradients, prune transparent ones, reset opacities periodically). "mcmc" is gsplat's `MCMCStrategy`,
+gradients, prune transparent ones, reset opacities periodically), with a hard cap on the count
+(`CappedDefaultStrategy`: at `max_gaussians`, the largest gradients grow first and the rest wait). "mcmc" is gsplat's `MCMCStrategy`,
 whose relocation kernel exists only in gsplat's CUDA extension: it is refused on other devices.
 
 gsplat 1.5.3 never resets opacities: its test `step % reset_every == 0 & step > 0` parses as
