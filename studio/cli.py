@@ -12,6 +12,7 @@ from . import config as cfgmod
 from .cli_errors import UsageError
 from .commands import EXPORT_FORMATS
 from .confio import ConfigError
+from .view import ViewSettings, is_view_path, list_view_settings, with_view_values
 from .startup import check_listen, display_problem, headless_message, latest_checkpoint, resolve_run_dir
 
 UIS = ("viser", "desktop", "headless")
@@ -83,10 +84,16 @@ def settings_from_args(args: argparse.Namespace) -> tuple[cfgmod.StudioConfig, s
         "run.seed": args.seed,
     }
     values = {k: v for k, v in flags.items() if v is not None}
-    values.update(cfgmod.confio.parse_assignments(args.sets))
+    values.update({k: v for k, v in cfgmod.confio.parse_assignments(args.sets).items() if not is_view_path(k)})
     final = cfgmod.with_values(cfg, values)
     user_set = set(cfgmod.confio.diff(base, cfg)) | set(values)  # the --config file's own values count too
     return final, user_set
+
+
+def view_from_args(args: argparse.Namespace) -> ViewSettings:
+    """The viewers' settings: defaults <- `--set view.<field>=value` (ConfigError naming a bad one)."""
+    values = {k: v for k, v in cfgmod.confio.parse_assignments(args.sets).items() if is_view_path(k)}
+    return with_view_values(ViewSettings(), values)
 
 
 def checkpoint_config(path: Path) -> cfgmod.StudioConfig:
@@ -124,7 +131,7 @@ def list_settings() -> str:
         for f in dataclasses.fields(cls):
             doc = cfgmod.confio.field_doc(cls, f.name)
             lines.append(f"{section.name}.{f.name} = {getattr(default, f.name)!r}" + (f"    # {doc}" if doc else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + list_view_settings())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = None
     try:
         cfg, user_set = settings_from_args(args)
+        view = view_from_args(args)
         exports = parse_exports(args.export)
         ui = args.ui or "viser"
         if ui == "desktop" and (problem := display_problem()) is not None:
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         from .run import run  # heavy imports (torch, diffusers) only after the arguments are good
 
         return run(cfg, ui=ui, out_dir=run_dir, exports=exports, resume=resume, host=args.host,
-                   port=args.port, progress=not args.no_progress, user_set=user_set)
+                   port=args.port, progress=not args.no_progress, user_set=user_set, view=view)
     except (UsageError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         if run_dir is not None and args.resume is None:

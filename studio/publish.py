@@ -6,6 +6,7 @@ import time
 import numpy as np
 import torch
 
+from .render_modes import MODES, mode_image
 from .snapshot import Snapshot, Splats, to_uint8
 from .state import SessionState
 
@@ -35,8 +36,12 @@ def build_snapshot(state: SessionState, version: int, latest: dict[str, float],
     tr = state.trainer
     params = tr.scene.to_params()
     preview = reference = cams = None
+    previews: dict[str, np.ndarray] = {}
     if tr.last_render is not None:
         preview = to_uint8(tr.last_render[0])
+        if tr.last_output is not None:
+            with torch.no_grad():
+                previews = {m: to_uint8(mode_image(tr.last_output, m)) for m in MODES}
         b = tr.last_batch.cameras
         cams = {"viewmats": b.viewmats.detach().cpu().numpy(), "Ks": b.Ks.detach().cpu().numpy(),
                 "width": b.width, "height": b.height}
@@ -67,6 +72,7 @@ def build_snapshot(state: SessionState, version: int, latest: dict[str, float],
         latest=merged,
         splats=splats_of(params),
         preview=preview,
+        previews=previews,
         reference=reference,
         cameras=cams,
         config=cfg,

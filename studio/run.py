@@ -18,10 +18,12 @@ from .config import StudioConfig
 from .session import Session
 from .signals import StopSignals
 from .ui.common import EventTracker
+from .view import ViewSettings
 
 
 def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], resume: Path | None,
-        host: str, port: int, progress: bool = True, user_set: Iterable[str] = ()) -> int:
+        host: str, port: int, progress: bool = True, user_set: Iterable[str] = (),
+        view: ViewSettings = ViewSettings()) -> int:
     try:
         session = Session(cfg, out_dir, paused=(ui != "headless"), user_set=user_set)
     except (PriorError, RuntimeError) as e:  # a missing model, gsplat without CUDA: one line, exit 2
@@ -35,11 +37,11 @@ def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], 
         if ui == "viser":
             from .ui.viser_ui import serve
 
-            status = serve(session, host=host, port=port, stop=stop)
+            status = serve(session, host=host, port=port, stop=stop, view=view)
         else:
             from .ui.desktop_ui import open_window
 
-            status = open_window(session, stop=stop)
+            status = open_window(session, view, stop=stop)
     return status
 
 

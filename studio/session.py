@@ -335,6 +335,11 @@ class Session:
 
     # ----- for the caller's thread when the worker is not running (headless runs, closing, tests) ------
     @property
+    def known_prompts(self) -> list[str]:
+        """The prior's example prompts (the procedural prior's list; [] for a model that takes any text)."""
+        return list(getattr(self.state.trainer.prior, "prompts", ()))
+
+    @property
     def trainer(self) -> Trainer:
         """The current trainer. Touch it only from the worker, or while no worker runs."""
         return self.state.trainer

@@ -77,6 +77,7 @@ class Snapshot:
     latest: dict[str, float]  # last value of each metric
     splats: Splats | None
     preview: np.ndarray | None  # [H, W, 3] uint8: the current training view
+    previews: dict[str, np.ndarray]  # render mode (view.mode) -> [H, W, 3] uint8 of that view; {} before a step
     reference: np.ndarray | None  # [H, W, 3] uint8: the nearest reference mode (procedural prior)
     cameras: dict[str, np.ndarray] | None  # last batch: viewmats [B,4,4], Ks [B,3,3], width, height
     config: Any  # StudioConfig

@@ -18,6 +18,7 @@ from guidance.estimators import make_estimator
 from guidance.priors import make_prior
 from renderers.camera import CameraSampler
 from renderers.transfer import to_device
+from renderers.types import RenderOutput
 
 from .config import METHODS, StudioConfig
 from .evaluation import RefScore, held_out_cameras, score_against_reference
@@ -68,6 +69,7 @@ class Trainer:
         self.updating = False  # True while a step changes the scene (a failure then leaves it half-updated)
         self.last_batch = None
         self.last_render = None
+        self.last_output: RenderOutput | None = None  # view 0 of the last step's render (previews)
         self._new_streams()
         if state is None:
             torch.manual_seed(cfg.run.seed)  # gsplat's split draws from the global generator
@@ -217,6 +219,8 @@ class Trainer:
         self.iteration += 1
         self.updating = False
         self.last_batch, self.last_render = batch, out.rgb.detach()
+        self.last_output = RenderOutput(rgb=out.rgb[:1].detach(), alpha=out.alpha[:1].detach(),
+                                        depth=out.depth[:1].detach(), normal=out.normal[:1].detach())
         diag = dict(result.diagnostics)
         diag["loss"] = result.loss.detach()
         diag["step_ms"] = (time.perf_counter() - t0) * 1000.0

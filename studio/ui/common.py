@@ -1,6 +1,8 @@
-"""What both front-ends share, independent of any widget toolkit.
+"""What both front-ends share, independent of any widget toolkit: the behaviour `studio/controls.py`
+declares, turned into commands, enabled states and texts.
 
-- `button_command`, `load_command`: a panel Button's action or a file path -> the Command to send.
+- `session_state`, `button_enabled`, `control_enabled`: what is enabled in the session's state now.
+- `button_commands`, `button_command`, `load_command`, `prompt_command`: an action -> the Commands to send.
 - `widget_value`, `config_value`, `slider_is_int`: a Control's value as the widget holds it <-> as the
   config holds it (so a front-end can compare, revert a refused edit, or show a change made elsewhere).
 - `status_parts`, `status_line`, `progress_percent`, `format_duration`, `readout_text`: the transport line's text.
@@ -21,11 +23,72 @@ import numpy as np
 from .. import commands as C
 from .. import config as cfgmod
 from .. import confio
-from ..controls import CUSTOM, Control, Picker, Readout
+from .. import view as viewmod
+from ..controls import CUSTOM, PANEL, Button, Control, Picker, Readout, State
 from ..snapshot import Event, Snapshot
 
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
 PLY_SUFFIXES = (".ply",)
+
+
+def session_state(snap: Snapshot) -> State:
+    """The state controls.STATES names: error (stopped on one), done (paused at the plan's end), paused
+    or running."""
+    if snap.last_error is not None:
+        return "error"
+    if snap.paused:
+        return "done" if snap.done else "paused"
+    return "running"
+
+
+def find_button(action: str) -> Button:
+    """The panel's Button for `action` (ValueError for an action the panel does not declare)."""
+    for folder in PANEL:
+        for item in folder.items:
+            if isinstance(item, Button) and item.action == action:
+                return item
+    raise ValueError(f"no button {action!r} in studio/controls.py")
+
+
+def button_enabled(action: str, snap: Snapshot) -> bool:
+    """Whether a button does something in the session's state now (its `enabled_in`)."""
+    return session_state(snap) in find_button(action).enabled_in
+
+
+def button_commands(action: str, snap: Snapshot) -> list[C.Command]:
+    """What a click sends in the session's state now: its command, after a Pause while training for a
+    button that `pauses_first`. Empty when the button is disabled in this state (a click that raced a
+    state change does nothing)."""
+    button = find_button(action)
+    state = session_state(snap)
+    if state not in button.enabled_in:
+        return []
+    cmd = button_command(action)
+    return [C.Pause(), cmd] if button.pauses_first and state == "running" else [cmd]
+
+
+def control_enabled(control: Control, cfg: Any) -> bool:
+    """Whether a control is enabled for config `cfg` (its `enabled_when`)."""
+    if control.enabled_when is None:
+        return True
+    path, value = control.enabled_when
+    return str(confio.get_path(cfg, path)) == value
+
+
+def prompt_command(prompt: str, negative: str, cfg: Any) -> C.SetPrompt | None:
+    """The command of an Apply with these texts (None when they are what the session has already)."""
+    if prompt == cfg.prompt.prompt and negative == cfg.prompt.negative:
+        return None
+    return C.SetPrompt(prompt, negative)
+
+
+def prompt_applied_text(prompt: str, negative: str) -> str:
+    """The confirmation both front-ends show for an accepted prompt."""
+    return f"now optimizing “{prompt}”" + (f" (negative: “{negative}”)" if negative else "")
+
+
+def window_title(prompt: str) -> str:
+    return f"Gaussian Dreamer Studio: {prompt}"
 
 
 def button_command(action: str) -> C.Command:
@@ -42,28 +105,36 @@ def button_command(action: str) -> C.Command:
                      "checkpoint or export:<format>")
 
 
+def picker_options(picker: Picker, known_prompts: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A Picker's choices: the declared ones, or for "known_prompt" CUSTOM and the prior's prompts."""
+    if picker.action == "known_prompt":
+        return (CUSTOM, *known_prompts)
+    return picker.options
+
+
 def picker_value(picker: Picker, cfg: Any) -> str:
-    """What a Picker shows for config `cfg`: the preset it matches, or CUSTOM."""
+    """What a Picker shows for config `cfg`: the preset it matches, the prompt (a known prompt picker
+    shows CUSTOM for one not in its list: the widget refuses values outside its options), or CUSTOM."""
+    if picker.action == "known_prompt":
+        return cfg.prompt.prompt
     assert picker.action == "preset", picker
     return cfgmod.matching_preset(cfg) or CUSTOM
 
 
-def picker_command(picker: Picker, choice: str) -> C.Command | None:
+def picker_shown(picker: Picker, cfg: Any, options: tuple[str, ...]) -> str:
+    """picker_value, or CUSTOM when that is not one of the widget's options."""
+    value = picker_value(picker, cfg)
+    return value if value in options else CUSTOM
+
+
+def picker_command(picker: Picker, choice: str, cfg: Any) -> C.Command | None:
     """The command a pick sends (None for CUSTOM, which is a state, not an action)."""
+    if choice == CUSTOM:
+        return None
+    if picker.action == "known_prompt":
+        return prompt_command(choice, cfg.prompt.negative, cfg)
     assert picker.action == "preset", picker
-    return None if choice == CUSTOM else C.ApplyPreset(choice)
-
-
-def button_enabled(action: str, snap: Snapshot) -> bool:
-    """Whether a transport button does something in the session's state now."""
-    running = not snap.paused and snap.last_error is None
-    if action == "pause":
-        return running
-    if action == "resume":
-        return not running and not snap.done
-    if action == "continue":
-        return snap.done
-    return True
+    return C.ApplyPreset(choice)
 
 
 def load_command(path: str | Path) -> C.LoadCheckpoint | C.LoadPly:
@@ -81,15 +152,24 @@ def load_command(path: str | Path) -> C.LoadCheckpoint | C.LoadPly:
     raise C.CommandError(f"load: {Path(text).name} is neither a checkpoint (.pt) nor a .ply file")
 
 
+def source_value(control: Control, source: Any) -> Any:
+    """The value at control.path in `source`: the session's config, or for a viewer setting (view.*)
+    the front-end's ViewSettings."""
+    if control.is_view:
+        return viewmod.view_value(source, control.path)
+    return confio.get_path(source, control.path)
+
+
 def slider_is_int(control: Control, cfg: Any) -> bool:
     """Whether a slider / number widget holds ints: the config field's value decides, not the bounds."""
-    value = confio.get_path(cfg, control.path)
+    value = source_value(control, cfg)
     return control.kind == "int" or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def widget_value(control: Control, cfg: Any) -> Any:
-    """The config's value at control.path as the widget holds it (str for dropdowns, tuple for ranges)."""
-    value = confio.get_path(cfg, control.path)
+    """The value at control.path (of the config, or of the ViewSettings for view.*) as the widget holds
+    it (str for dropdowns, tuple for ranges)."""
+    value = source_value(control, cfg)
     if control.kind == "dropdown":
         return str(value)
     if control.kind == "range":
@@ -137,11 +217,8 @@ def format_duration(seconds: float) -> str:
 
 
 def run_state(snap: Snapshot) -> str:
-    if snap.last_error:
-        return "stopped on error"
-    if snap.done and snap.paused:
-        return "done"
-    return "paused" if snap.paused else "running"
+    state = session_state(snap)
+    return "stopped on error" if state == "error" else state
 
 
 def status_parts(snap: Snapshot) -> list[str]:
