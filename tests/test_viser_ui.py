@@ -30,6 +30,7 @@ from studio.config import default_config, method_preset_values, with_values
 from studio.export import read_gaussian_ply
 from studio.session import Session
 from studio.ui import common
+from studio.ui.viser_panel import COMMIT_QUIET_S
 from studio.ui.viser_scene import camera_to_world, covariances, side_by_side, upscale
 from studio.ui.viser_ui import ViserStudio
 from viser_wire import WireClient
@@ -75,7 +76,7 @@ def test_page_is_served_on_localhost_with_the_panel_from_controls(env):
     assert studio.url.startswith("http://127.0.0.1:")
     from studio.controls import all_controls
 
-    assert set(studio.panel.widgets) == {c.path for c in all_controls()}
+    assert set(studio.panel.widgets) == {c.path for c in all_controls("viser")}
     client.wait_for("GaussianSplatsMessage")  # the splats reached the page
     client.wait_for("GuiUplotMessage")
 
@@ -111,21 +112,22 @@ def test_refused_value_is_a_notification_and_the_widget_reverts(env):
 
 def test_prompt_applies_on_enter_not_per_keystroke_and_bad_prompts_are_refused(env):
     session, studio, client = env
+    form = studio.panel.folders["Prompt"]
     prompt = widget(studio, "prompt.prompt")
     client.set_value(prompt, "a sph")
     client.set_value(prompt, "a sphere")
     eventually(lambda: prompt.value == "a sphere", what="typed text reached the server")
     assert session.config.prompt.prompt == "a red cube"  # typing alone changes nothing
-    client.submit(studio.panel.prompt_form)
+    client.submit(form)
     session.wait_for(lambda s: s.prompt == "a sphere")
     client.set_value(prompt, "a purple elephant")
     eventually(lambda: prompt.value == "a purple elephant")
-    client.submit(studio.panel.prompt_form)
+    client.submit(form)
     note = client.wait_notification("purple elephant")
     assert note["color"] == "red"
     assert session.config.prompt.prompt == "a sphere"
     client.set_value(prompt, "a red cube")
-    client.submit(studio.panel.prompt_form)
+    client.submit(form)
     session.wait_for(lambda s: s.prompt == "a red cube")
 
 
@@ -148,7 +150,8 @@ def test_splats_follow_snapshots_and_are_not_resent_while_paused(env):
     session, studio, client = env
     client.click(studio.panel.buttons["pause"])
     session.wait_for(lambda s: s.paused)
-    eventually(lambda: not studio.scene._splats_changed(session.snapshot.splats), what="the paused scene shown")
+    eventually(lambda: not studio.scene._changed(studio.scene._last_splats, session.snapshot.splats),
+               what="the paused scene shown")
     handle = studio.scene._splats
     np.testing.assert_allclose(handle.centers, session.snapshot.splats.means, rtol=0, atol=0)
     sends = studio.scene.splat_sends
@@ -255,6 +258,149 @@ def test_preset_picker_and_continue_at_the_end_of_the_plan(env):
     session.wait_for(lambda s: s.method == "sds" and s.planned_steps == 100_000)
 
 
+def recording_sends(session):
+    """Wrap session.send to record every command it accepts or refuses; returns (list, undo)."""
+    sent, real = [], session.send
+
+    def send(cmd):
+        sent.append(cmd)
+        return real(cmd)
+
+    session.send = send
+    return sent, lambda: setattr(session, "send", real)
+
+
+def test_a_slider_dragged_or_typed_commits_once_when_it_settles(env):
+    session, studio, client = env
+    cfg = widget(studio, "sds.guidance_scale")
+    sent, undo = recording_sends(session)
+    try:
+        for value in (5.0, 50.0, 150.0):  # typing "150" (or a drag): the page sends every value
+            client.set_value(cfg, value)
+            time.sleep(0.05)
+        eventually(lambda: session.config.sds.guidance_scale == 150.0, what="the settled value applied")
+        time.sleep(COMMIT_QUIET_S + 0.3)
+        edits = [c for c in sent if isinstance(c, C.UpdateSettings) and "sds.guidance_scale" in c.values]
+        assert [c.values["sds.guidance_scale"] for c in edits] == [150.0]
+        # Enter commits at once, without waiting for the edit to settle.
+        client.set_value(cfg, 12.0)
+        eventually(lambda: "sds.guidance_scale" in studio.panel.pending, what="the edit held")
+        client.submit(studio.panel.folders["SDS"])
+        eventually(lambda: session.config.sds.guidance_scale == 12.0, timeout=COMMIT_QUIET_S / 2,
+                   what="Enter committed the edit")
+    finally:
+        undo()
+    # A refused typed value is answered, and the widget goes back to what the session has.
+    client.set_value(cfg, 5000.0)
+    note = client.wait_notification("sds.guidance_scale")
+    assert note["color"] == "red"
+    eventually(lambda: cfg.value == 12.0, what="slider reverted")
+    assert session.config.sds.guidance_scale == 12.0
+
+
+def test_known_prompts_are_choices_and_a_refused_prompt_reverts_the_box(env):
+    session, studio, client = env
+    picker = studio.panel.pickers["known_prompt"][1]
+    assert "a ball" in picker.options and picker.visible
+    client.set_value(picker, "a ball")
+    session.wait_for(lambda s: s.prompt == "a ball")
+    assert client.wait_notification("now optimizing “a ball”")["color"] == "green"
+    eventually(lambda: widget(studio, "prompt.prompt").value == "a ball", what="the box shows the pick")
+    eventually(lambda: any("a ball" in m["source"] and "document.title" in m["source"]
+                           for m in client.received("RunJavascriptMessage")), what="the page title follows")
+    prompt = widget(studio, "prompt.prompt")
+    client.set_value(prompt, "a purple elephant")
+    eventually(lambda: prompt.value == "a purple elephant")
+    client.click(studio.panel.buttons["apply_prompt"])
+    assert client.wait_notification("purple elephant")["color"] == "red"
+    eventually(lambda: prompt.value == "a ball", what="the refused prompt replaced by the one in use")
+    client.set_value(picker, "a red cube")
+    session.wait_for(lambda s: s.prompt == "a red cube")
+
+
+def test_step_once_while_training_pauses_then_steps(env):
+    session, studio, client = env
+    client.click(studio.panel.buttons["resume"])
+    session.wait_for(lambda s: not s.paused)
+    client.click(studio.panel.buttons["step"])
+    snap = session.wait_for(lambda s: s.paused)
+    it = snap.iteration
+    session.wait_for(lambda s: s.version > snap.version + 3)
+    assert session.snapshot.iteration in (it, it + 1) and session.snapshot.paused
+    client.click(studio.panel.buttons["resume"])
+    session.wait_for(lambda s: not s.paused)
+
+
+def test_view_settings_render_mode_and_live_splat_cap(env):
+    session, studio, client = env
+    client.set_value(widget(studio, "view.mode"), "alpha")
+    eventually(lambda: studio.view.mode == "alpha" and studio.live.mode == "alpha", what="alpha mode")
+    snap = session.wait_for(lambda s: "alpha" in s.previews)
+    alpha, rgb = snap.previews["alpha"], snap.previews["rgb"]
+    assert alpha.shape == rgb.shape and not np.array_equal(alpha, rgb)
+    assert (alpha[..., 0] == alpha[..., 1]).all()  # grey
+    client.set_value(widget(studio, "view.mode"), "rgb")
+    # Fewer splats while training, all of them once paused.
+    client.set_value(widget(studio, "view.live_splats"), 100)
+    client.submit(studio.panel.folders["View"])
+    eventually(lambda: studio.scene._last_splats is not None and studio.scene._last_splats[0].shape[0] == 100,
+               what="100 splats sent while training")
+    sent = studio.scene._last_splats
+    full = studio.scene._source
+    top = np.sort(full[4].reshape(-1))[-100:]
+    np.testing.assert_array_equal(np.sort(sent[4].reshape(-1)), top)  # the most opaque ones
+    client.click(studio.panel.buttons["pause"])
+    session.wait_for(lambda s: s.paused)
+    eventually(lambda: studio.scene._last_splats[0].shape[0] == SMALL["init.num"], what="all splats when paused")
+    client.set_value(widget(studio, "view.live_splats"), -5)
+    assert client.wait_notification("view.live_splats")["color"] == "red"
+    eventually(lambda: widget(studio, "view.live_splats").value == 100, what="reverted")
+    client.set_value(widget(studio, "view.live_splats"), 20_000)
+    client.submit(studio.panel.folders["View"])
+    client.click(studio.panel.buttons["resume"])
+
+
+def test_splat_updates_wait_for_a_page_that_has_not_taken_the_last_one(env):
+    session, studio, client = env
+    scene = studio.scene
+    session.wait_for(lambda s: not s.paused)
+    slow = WireClient(studio.port, answer_reads=False)
+    old_timeout = scene.pacer.timeout
+    scene.pacer.timeout = 3.0
+    try:
+        eventually(lambda: len(studio.server.get_clients()) == 2, what="the second page connected")
+        sends = scene.splat_sends
+        eventually(lambda: scene.splat_sends > sends, what="an update")
+        t0, sends = time.monotonic(), scene.splat_sends
+        eventually(lambda: scene.splat_sends > sends, timeout=10, what="the next update")
+        assert time.monotonic() - t0 > 2.0  # held until the silent page's wait ran out, not sent at 2 Hz
+        slow.close()
+        eventually(lambda: len(studio.server.get_clients()) == 1, what="the silent page gone")
+        time.sleep(scene.pacer.timeout)
+        t0, sends = time.monotonic(), scene.splat_sends
+        eventually(lambda: scene.splat_sends >= sends + 3, timeout=10, what="updates at the page's pace")
+        assert time.monotonic() - t0 < 2.5 + 3 / studio.view.splat_hz
+        assert scene.pacer.last_rtt is not None and scene.pacer.last_rtt < 1.0
+    finally:
+        scene.pacer.timeout = old_timeout
+
+
+def test_page_identity_and_one_click_downloads(env):
+    session, studio, client = env
+    assert any("Gaussian Dreamer Studio" in m["source"] and "rel = 'icon'" in m["source"]
+               for m in client.received("RunJavascriptMessage"))
+    from PIL import Image
+    import io
+
+    from studio.ui.viser_ui import favicon_png
+    icon = Image.open(io.BytesIO(favicon_png()))
+    assert icon.size == (32, 32) and icon.mode == "RGBA"
+    client.click(studio.panel.buttons["export:gif"])
+    client.download(".gif", timeout=60)
+    start = [m for m in client.received("FileTransferStartDownload") if m["filename"].endswith(".gif")]
+    assert start and start[-1]["save_immediately"] is True
+
+
 # ----- shared front-end logic and the scene's math ---------------------------------------------------
 def test_button_and_load_commands():
     assert common.button_command("pause") == C.Pause()
@@ -289,7 +435,7 @@ def _fake_snapshot(metrics):
     return Snapshot(version=1, iteration=1500, planned_steps=600, segment=1, done=True, elapsed=3725.0,
                     its=7.25, paused=False,
                     method="sds", prompt="a cube", negative="", num_gaussians=12345, metrics=metrics,
-                    latest={"mu": 0.5}, splats=None, preview=None, reference=None, cameras=None, config=None,
+                    latest={"mu": 0.5}, splats=None, preview=None, previews={}, reference=None, cameras=None, config=None,
                     events=(), last_error=None, publish_ms=0.0)
 
 

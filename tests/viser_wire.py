@@ -3,7 +3,8 @@
 It connects over a websocket with the browser's subprotocol, decodes what the server sends (zstd-
 compressed msgpack windows of messages) and sends what the page would send when a user edits a widget
 (`GuiUpdateMessage`), clicks a button (the same, with value True), presses Enter in a form
-(`GuiFormSubmitMessage`) or uploads a file (`FileTransferStartUpload` and its parts).
+(`GuiFormSubmitMessage`) or uploads a file (`FileTransferStartUpload` and its parts). Like a page, it
+answers localStorage reads (the studio's splat pacing round trip) unless `answer_reads` is False.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from websockets.sync.client import connect
 
 
 class WireClient:
-    def __init__(self, port: int):
+    def __init__(self, port: int, answer_reads: bool = True):
+        self.answer_reads = answer_reads
         self.ws = connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"],
                           max_size=None, open_timeout=10)
         self.messages: list[dict[str, Any]] = []
@@ -45,6 +47,10 @@ class WireClient:
                 window = msgspec.msgpack.decode(unzip.decompress(raw[16:16 + compressed], max_output_size=size))
                 with self._lock:
                     self.messages.extend(window["messages"])
+                for m in window["messages"]:
+                    if m.get("type") == "LocalStorageGetItemRequestMessage" and self.answer_reads:
+                        self._send({"type": "LocalStorageGetItemResponseMessage", "value": None, "error": None,
+                                    "request_uuid": m["request_uuid"]})
         except ConnectionClosed:
             return
 

@@ -1,15 +1,22 @@
 """The control panel of the browser studio, generated from `studio/controls.py`.
 
-Widgets are server-wide viser handles, so every browser tab shows the same values. An edit becomes a
-Command (`UpdateSettings`, `SetMethod`, `SetPrompt`, a button's action); a refused one is answered with
-a notification to the client that sent it, and the widget goes back to the session's value. Callbacks
-run in viser's thread pool and only call `session.send` (which validates and queues). The UI thread
-calls `sync()` to show config changes made elsewhere (a load, a reset, a script).
+Widgets are server-wide viser handles, so every browser tab shows the same values. A committed edit
+becomes a Command (`UpdateSettings`, `SetMethod`, `SetPrompt`, a button's action); a refused one is
+answered with a notification to the client that sent it, and the widget (in every tab) goes back to the
+session's value. Callbacks run in viser's thread pool and only call `session.send` (which validates and
+queues). The UI thread calls `sync()` to show config changes made elsewhere (a load, a reset, a script)
+and `commit_due()` to commit settled edits.
+
+When edits commit (controls.Control.commit): a page sends a slider's value while it is dragged and a
+number's at every keystroke, and says nothing when the drag ends; so a "release" edit is held until it
+has been still for COMMIT_QUIET_S (the drag released, the typing done) or Enter submits its folder (each
+folder with such controls is a viser form), and only the last value is sent.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,17 +24,21 @@ from typing import Any
 import viser
 
 from .. import commands as C
-from ..controls import PANEL, READOUTS, Button, Control, Folder, Picker, Readout
+from ..confio import ConfigError
+from ..controls import PANEL, READOUTS, Button, Control, FileInput, Folder, Picker, Readout
 from ..session import Session
 from ..snapshot import Snapshot
+from ..view import ViewSettings, with_view_values
 from .common import (
-    button_command, button_enabled, changed_paths, config_value, load_command, picker_command, picker_value,
-    readout_text, same_value, slider_is_int, widget_value,
+    button_commands, button_enabled, changed_paths, config_value, control_enabled, load_command, picker_command,
+    picker_options, picker_shown, prompt_applied_text, prompt_command, readout_text, same_value, slider_is_int,
+    widget_value,
 )
 
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
 BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "continue": "green", "reset": "red", "step": "gray"}
 UPLOAD_LIMIT = 512 * 1024 * 1024
+COMMIT_QUIET_S = 0.6  # a "release" edit commits once its widget has been still this long (or on Enter)
 
 
 def widget_bounds(control: Control, cfg: Any, value: Any) -> tuple[Any, Any, Any]:
@@ -44,28 +55,32 @@ class PanelView:
     """Builds the widgets in the current GUI container; holds their handles by config path / action."""
 
     def __init__(self, server: viser.ViserServer, session: Session, notify: Notify,
-                 on_export: Callable[[Any, C.Command], None]):
+                 on_export: Callable[[Any, C.Command], None], view: ViewSettings = ViewSettings(),
+                 on_view: Callable[[ViewSettings], None] = lambda v: None):
         self.server, self.session, self.notify, self.on_export = server, session, notify, on_export
-        self.widgets: dict[str, tuple[Control, Any]] = {}  # config path -> (control, handle)
+        self.view, self.on_view = view, on_view
+        self.widgets: dict[str, tuple[Control, Any]] = {}  # path -> (control, handle)
         self.buttons: dict[str, Any] = {}  # action -> handle
         self.folders: dict[str, Any] = {}  # folder label -> handle
         self.readouts: list[tuple[Readout, Any]] = []
         self.pickers: dict[str, tuple[Picker, Any]] = {}  # action -> (picker, handle)
-        self.prompt_form: Any = None
+        self.known_prompts = tuple(session.known_prompts)
+        self.pending: dict[str, tuple[Any, float, Any]] = {}  # path -> (value, when edited, client): "release" edits
         self.synced_config = self._picker_config = session.config
         self._send_lock = threading.Lock()  # callbacks run concurrently in viser's thread pool
         for folder in PANEL:
             self._build_folder(folder)
-        self._build_open_folder()
         self._show_method(self.synced_config.run.method)
-        self._update_dependants(self.synced_config)
+        self._update_enabled(self.synced_config)
 
     # ----- building ---------------------------------------------------------------------------------
     def _build_folder(self, folder: Folder) -> None:
-        texts = [i for i in folder.items if isinstance(i, Control) and i.kind == "text"]
+        controls = [i for i in folder.items if isinstance(i, Control) and "viser" in i.front_ends]
+        files = [i for i in folder.items if isinstance(i, FileInput)]
         expand = folder.method is not None or folder.label in ("Prompt", "Transport")
-        if texts:  # text commits on Enter (or the Apply button), not on every keystroke
+        if files or any(c.commit != "change" for c in controls):  # Enter in a field submits the folder
             handle = self.server.gui.add_form(folder.label, expand_by_default=expand)
+            handle.on_submit(lambda event, f=folder: self._on_submit(f, event.client))
         else:
             handle = self.server.gui.add_folder(folder.label, expand_by_default=expand)
         self.folders[folder.label] = handle
@@ -75,21 +90,21 @@ class PanelView:
                     self._add_button(item)
                 elif isinstance(item, Picker):
                     self._add_picker(item)
-                else:
+                elif isinstance(item, FileInput):
+                    self._add_file_input(item)
+                elif "viser" in item.front_ends:
                     self._add_control(item)
-            if texts:
-                self.prompt_form = handle
-                apply = self.server.gui.add_button("Apply prompt", hint="or press Enter in a text field")
-                apply.on_click(lambda event: self._apply_prompt(event.client))
-                handle.on_submit(lambda event: self._apply_prompt(event.client))
             for readout in READOUTS.get(folder.label, ()):
                 h = self.server.gui.add_text(readout.label, "–", disabled=True, hint=readout.help or None)
                 self.readouts.append((readout, h))
 
+    def _source(self, control: Control) -> Any:
+        return self.view if control.is_view else self.session.config
+
     def _add_control(self, control: Control) -> None:
-        cfg = self.session.config
+        source = self._source(control)
         gui = self.server.gui
-        value = widget_value(control, cfg)
+        value = widget_value(control, source)
         hint = control.help_text() or None
         if control.kind == "text":
             handle = gui.add_text(control.label, value, hint=hint)
@@ -98,21 +113,23 @@ class PanelView:
         elif control.kind == "dropdown":
             handle = gui.add_dropdown(control.label, control.options, initial_value=value, hint=hint)
         else:
-            lo, hi, step = widget_bounds(control, cfg, value)
+            lo, hi, step = widget_bounds(control, source, value)
             if control.kind == "range":
                 handle = gui.add_multi_slider(control.label, lo, hi, step, value, hint=hint)
             elif control.kind == "slider":
                 handle = gui.add_slider(control.label, lo, hi, step, value, hint=hint)
             else:
                 handle = gui.add_number(control.label, value, min=lo, max=hi, step=step, hint=hint)
-        if control.kind != "text":
+        if control.commit != "apply":
             handle.on_update(lambda event, c=control, h=handle: self._on_control(c, h, event.client))
         self.widgets[control.path] = (control, handle)
 
     def _add_picker(self, picker: Picker) -> None:
-        handle = self.server.gui.add_dropdown(picker.label, picker.options,
-                                              initial_value=picker_value(picker, self.session.config),
-                                              hint=picker.help or None)
+        options = picker_options(picker, self.known_prompts)
+        handle = self.server.gui.add_dropdown(picker.label, options,
+                                              initial_value=picker_shown(picker, self.session.config, options),
+                                              hint=picker.help or None,
+                                              visible=picker.action != "known_prompt" or bool(self.known_prompts))
         handle.on_update(lambda event, p=picker, h=handle: self._on_picker(p, h, event.client))
         self.pickers[picker.action] = (picker, handle)
 
@@ -122,16 +139,15 @@ class PanelView:
         handle.on_click(lambda event, a=button.action: self._on_button(a, event.client))
         self.buttons[button.action] = handle
 
-    def _build_open_folder(self) -> None:
+    def _add_file_input(self, item: FileInput) -> None:
         gui = self.server.gui
-        with gui.add_folder("Open", expand_by_default=False):
-            self.load_path = gui.add_text("Path", "", hint="a studio checkpoint (.pt) or a 3DGS .ply, on the "
-                                                           "machine running the studio")
-            self.load_button = gui.add_button("Load to continue")
-            self.load_button.on_click(lambda event: self.load(self.load_path.value, event.client))
-            self.upload = gui.add_upload_button("Upload .pt / .ply", mime_type="*/*",
-                                                hint="send a file from this computer and continue from it")
-            self.upload.on_upload(lambda event: self._on_upload(event.client))
+        self.load_path = gui.add_text("Path", "", hint=f"{item.help}, on the machine running the studio "
+                                                       "(Enter or Load)")
+        self.load_button = gui.add_button("Load", hint="continue from the file at Path")
+        self.load_button.on_click(lambda event: self.load(self.load_path.value, event.client))
+        self.upload = gui.add_upload_button(f"Upload {' / '.join(item.suffixes)}", mime_type="*/*",
+                                            hint=f"send {item.help} from this computer and continue from it")
+        self.upload.on_upload(lambda event: self._on_upload(event.client))
 
     # ----- callbacks (viser's thread pool) ----------------------------------------------------------
     def send(self, cmd: C.Command, client: Any) -> bool:
@@ -151,38 +167,88 @@ class PanelView:
         return True
 
     def _on_control(self, control: Control, handle: Any, client: Any) -> None:
-        cfg = self.session.config
-        if same_value(handle.value, widget_value(control, cfg)):
-            return  # our own echo (sync or revert), or no change
-        if control.path == "run.method":
-            cmd: C.Command = C.SetMethod(handle.value)
+        if same_value(handle.value, widget_value(control, self._source(control))):
+            self.pending.pop(control.path, None)
+            return  # our own echo (sync or revert), or back where it was
+        if control.commit == "release":
+            self.pending[control.path] = (handle.value, time.monotonic(), client)
         else:
-            cmd = C.UpdateSettings({control.path: config_value(control, handle.value)})
-        if not self.send(cmd, client):
-            handle.value = widget_value(control, self.session.config)
+            self.commit(control, handle.value, client)
+
+    def commit(self, control: Control, value: Any, client: Any) -> bool:
+        """Send one edit (or set a viewer setting); a refusal puts the widget back. True when accepted."""
+        handle = self.widgets[control.path][1]
+        if control.is_view:
+            try:
+                self.view = with_view_values(self.view, {control.path: config_value(control, value)})
+            except ConfigError as e:
+                self.notify(client, "Refused", str(e), "error")
+                handle.value = widget_value(control, self.view)
+                return False
+            self.on_view(self.view)
+            return True
+        if control.path == "run.method":
+            cmd: C.Command = C.SetMethod(value)
+        else:
+            cmd = C.UpdateSettings({control.path: config_value(control, value)})
+        if self.send(cmd, client):
+            return True
+        handle.value = widget_value(control, self.session.config)
+        return False
+
+    def commit_due(self, now: float | None = None, folder: Folder | None = None) -> None:
+        """Commit the "release" edits that have been still for COMMIT_QUIET_S (all of `folder`'s, at once,
+        when given: Enter submitted it)."""
+        now = time.monotonic() if now is None else now
+        paths = None if folder is None else {i.path for i in folder.items if isinstance(i, Control)}
+        for path, (value, when, client) in list(self.pending.items()):
+            if (paths is not None and path in paths) or (paths is None and now - when >= COMMIT_QUIET_S):
+                if self.pending.get(path, (None, None, None))[1] != when:
+                    continue  # edited again meanwhile
+                del self.pending[path]
+                self.commit(self.widgets[path][0], value, client)
+
+    def _on_submit(self, folder: Folder, client: Any) -> None:
+        if folder.label == "Prompt":
+            self._apply_prompt(client)
+        if any(isinstance(i, FileInput) for i in folder.items):
+            self.load(self.load_path.value, client)
+        self.commit_due(folder=folder)
 
     def _on_picker(self, picker: Picker, handle: Any, client: Any) -> None:
-        shown = picker_value(picker, self.session.config)
+        options = picker_options(picker, self.known_prompts)
+        shown = picker_shown(picker, self.session.config, options)
         if handle.value == shown:
             return  # our own echo, or no change
-        cmd = picker_command(picker, handle.value)
+        cmd = picker_command(picker, handle.value, self.session.config)
         if cmd is None or not self.send(cmd, client):
             handle.value = shown
+        elif isinstance(cmd, C.SetPrompt):
+            self.widgets["prompt.prompt"][1].value = cmd.prompt
+            self.notify(client, "Prompt", prompt_applied_text(cmd.prompt, cmd.negative or ""), "info")
 
     def _apply_prompt(self, client: Any) -> None:
         prompt = self.widgets["prompt.prompt"][1].value
         negative = self.widgets["prompt.negative"][1].value
-        cfg = self.session.config.prompt
-        if prompt == cfg.prompt and negative == cfg.negative:
+        cmd = prompt_command(prompt, negative, self.session.config)
+        if cmd is None:
             return
-        if self.send(C.SetPrompt(prompt, negative), client):
-            self.notify(client, "Prompt", f"now optimizing “{prompt}”", "info")
+        if self.send(cmd, client):
+            self.notify(client, "Prompt", prompt_applied_text(prompt, negative), "info")
+        else:  # every tab shows the prompt in use again, not the refused text
+            cfg = self.session.config.prompt
+            self.widgets["prompt.prompt"][1].value = cfg.prompt
+            self.widgets["prompt.negative"][1].value = cfg.negative
 
     def _on_button(self, action: str, client: Any) -> None:
-        cmd = button_command(action)
-        if isinstance(cmd, (C.Export, C.SaveCheckpoint)):
-            self.on_export(client, cmd)
-        self.send(cmd, client)
+        if action == "apply_prompt":
+            self._apply_prompt(client)
+            return
+        for cmd in button_commands(action, self.session.snapshot):
+            if isinstance(cmd, (C.Export, C.SaveCheckpoint)):
+                self.on_export(client, cmd)
+            if not self.send(cmd, client):
+                return
 
     def load(self, path: str, client: Any) -> None:
         try:
@@ -214,11 +280,16 @@ class PanelView:
 
     # ----- UI thread --------------------------------------------------------------------------------
     def sync(self) -> None:
-        """Show the session's requested config in every widget whose value it changed since last shown."""
+        """Show the session's requested config in every widget whose value it changed since last shown
+        (a widget holding an edit not yet committed keeps it)."""
+        self.commit_due()
         with self._send_lock:
             cfg = self.session.config
             old, self.synced_config = self.synced_config, cfg
-        for control in changed_paths([c for c, _ in self.widgets.values()], old, cfg):
+        controls = [c for c, _ in self.widgets.values() if not c.is_view]
+        for control in changed_paths(controls, old, cfg):
+            if control.path in self.pending:
+                continue
             handle, value = self.widgets[control.path][1], widget_value(control, cfg)
             if control.kind in ("slider", "number", "int", "range"):
                 handle.min, handle.max, _ = widget_bounds(control, cfg, value)
@@ -226,12 +297,12 @@ class PanelView:
         if self._picker_config is not cfg:  # also after our own sends, which mark the config as shown
             self._picker_config = cfg
             for picker, handle in self.pickers.values():
-                value = picker_value(picker, cfg)
+                value = picker_shown(picker, cfg, picker_options(picker, self.known_prompts))
                 if handle.value != value:
                     handle.value = value
         # Cheap when nothing changed (viser sends a property only when its value differs).
         self._show_method(cfg.run.method)
-        self._update_dependants(cfg)
+        self._update_enabled(cfg)
 
     def _show_method(self, method: str) -> None:
         """Only the active estimator's folder is shown; its settings are what the session uses now."""
@@ -239,13 +310,15 @@ class PanelView:
             if folder.method is not None:
                 self.folders[folder.label].visible = folder.method == method
 
-    def _update_dependants(self, cfg: Any) -> None:
-        if "ssd.mu" in self.widgets:
-            self.widgets["ssd.mu"][1].disabled = cfg.ssd.mu_mode != "fixed"
+    def _update_enabled(self, cfg: Any) -> None:
+        for control, handle in self.widgets.values():
+            if not control.is_view:
+                handle.disabled = not control_enabled(control, cfg)
 
     def update(self, snap: Snapshot) -> None:
         """Transport buttons and live readouts from a snapshot."""
         for action, handle in self.buttons.items():
-            handle.disabled = not button_enabled(action, snap)
+            if action != "apply_prompt":
+                handle.disabled = not button_enabled(action, snap)
         for readout, handle in self.readouts:
             handle.value = readout_text(snap, readout)

@@ -1,10 +1,20 @@
 """The 3D scene and the live panel of the browser studio: splats, training frusta, grid, preview image
 and metric plots. Everything here runs on the studio's UI thread and reads snapshots only; each
-`update(snap)` sends just what changed, at a bounded rate."""
+`update(snap)` sends just what changed, at a bounded rate.
+
+Splat updates adapt to what the pages can draw. Each is 32 bytes per Gaussian per page and makes the
+page re-sort and redraw, which a software-WebGL page on a small CPU machine does in about a second at
+50k Gaussians: updates sent faster than that queue up in the page, and clicks and status updates
+queue behind them (a Pause took minutes to show). So an update goes out only when the scene changed,
+at most `view.splat_hz` a second, and once every page has answered a round trip sent after the last
+update (SplatPacer); while training, a large scene is sent as its `view.live_splats` most opaque
+Gaussians, and whole once paused.
+"""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -12,7 +22,10 @@ import viser
 import viser.transforms as vtf
 
 from ..snapshot import Snapshot, Splats
+from ..view import ViewSettings
 from .common import PLOTS, Plot, plot_series
+
+ACK_TIMEOUT_S = 15.0  # a page that does not answer within this is sent the next update anyway
 
 GRID_Z = -0.62  # just under the procedural objects (they span [-0.6, 0.6]^3), so the grid reads as floor
 SERIES_COLOURS = ("#4263eb", "#e8590c", "#2b8a3e")
@@ -69,15 +82,80 @@ def side_by_side(left: np.ndarray, right: np.ndarray | None, gap: int = 4) -> np
     return np.concatenate([left, spacer, right], axis=1)
 
 
-class SceneView:
-    """Splats, grid and training frusta in the viewport; re-sent at most `splat_hz` times a second and
-    only when they changed."""
+def live_subset(s: Splats, limit: int) -> Splats:
+    """The `limit` most opaque Gaussians of s (all of them when limit is 0 or s has no more), in their
+    original order. Opacity ranks what a viewer sees: the faint ones contribute least to the picture."""
+    n = s.means.shape[0]
+    if limit <= 0 or n <= limit:
+        return s
+    keep = np.sort(np.argpartition(-s.opacities.reshape(-1), limit - 1)[:limit])
+    return Splats(means=s.means[keep], scales=s.scales[keep], quats=s.quats[keep], opacities=s.opacities[keep],
+                  rgbs=s.rgbs[keep], sh=s.sh[keep])
 
-    def __init__(self, server: viser.ViserServer, splat_hz: float = 2.0):
+
+class SplatPacer:
+    """Knows whether every page has taken the last splat update.
+
+    After each update a background thread asks each connected page for a value through viser's
+    localStorage round trip: the page answers from its message handler, after the messages queued
+    before the request (the update among them), so an answer means the page has caught up. A page that
+    stays silent for ACK_TIMEOUT_S is not waited for longer (it gets the next update anyway).
+    """
+
+    def __init__(self, server: viser.ViserServer, timeout: float = ACK_TIMEOUT_S):
+        self.server, self.timeout = server, timeout
+        self._sent = self._answered = 0  # update counters: sent, and answered by every page
+        self._sent_at = -math.inf
+        self.last_rtt: float | None = None  # seconds from an update to the slowest page's answer
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="studio-splat-pacer", daemon=True)
+        self._thread.start()
+
+    def sent(self) -> None:
+        self._sent += 1
+        self._sent_at = time.monotonic()
+        self._wake.set()
+
+    def ready(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return self._answered >= self._sent or now - self._sent_at > self.timeout
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(2.0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            seq, start = self._sent, self._sent_at
+            for client in list(self.server.get_clients().values()):
+                remaining = self.timeout - (time.monotonic() - start)
+                if remaining <= 0:
+                    break
+                try:
+                    client.local_storage.get_item("studio-splat-ack", timeout=remaining)
+                except (RuntimeError, TimeoutError):
+                    pass  # gone, or too slow: not waited for longer
+            self.last_rtt = time.monotonic() - start
+            self._answered = max(self._answered, seq)
+
+
+class SceneView:
+    """Splats, grid and training frusta in the viewport; re-sent only when they changed, at most
+    `view.splat_hz` times a second, when the pages have taken the last update (see the module's doc)."""
+
+    def __init__(self, server: viser.ViserServer, view: ViewSettings = ViewSettings()):
         self.server = server
-        self.splat_period = 1.0 / splat_hz
+        self.view = view  # the studio replaces it when the View folder changes a setting
+        self.pacer = SplatPacer(server)
         self._last_splat_time = -math.inf
         self._last_splats: tuple[np.ndarray, ...] | None = None  # sent: means, scales, quats, rgbs, opacities
+        self._source: tuple[np.ndarray, ...] | None = None  # the full scene those were taken from
         self._splats: viser.GaussianSplatHandle | None = None
         self._frusta: list[viser.CameraFrustumHandle] = []
         self._last_cams: np.ndarray | None = None
@@ -87,31 +165,46 @@ class SceneView:
                                           section_size=1.0, position=(0.0, 0.0, GRID_Z),
                                           cell_color=(215, 215, 220), section_color=(160, 160, 170))
 
+    def stop(self) -> None:
+        self.pacer.stop()
+
     def update(self, snap: Snapshot, now: float | None = None) -> None:
-        """Send what changed in the 3D scene, at most `splat_hz` times a second: every change makes the
-        page re-sort and redraw the splats, so frusta move on the same beat as the splats."""
+        """Send what changed in the 3D scene when due (see the class doc): every change makes the page
+        re-sort and redraw the splats, so frusta move on the same beat as the splats."""
         now = time.monotonic() if now is None else now
-        if now - self._last_splat_time < self.splat_period:
+        if now - self._last_splat_time < 1.0 / self.view.splat_hz or not self.pacer.ready(now):
             return
-        if snap.splats is not None and self._splats_changed(snap.splats):
-            self._send_splats(snap.splats)
-            self._last_splat_time = now
+        if snap.splats is not None:
+            limit = 0 if snap.paused else self.view.live_splats
+            full_changed = self._changed(self._source, snap.splats)
+            partial = self._last_splats is not None and self._source is not None \
+                and self._last_splats[0].shape[0] < self._source[0].shape[0]
+            if full_changed or (partial and limit == 0) or self._over(limit):
+                self._send_splats(snap.splats, limit)
+                self._last_splat_time = now
         self._update_frusta(snap)
 
+    def _over(self, limit: int) -> bool:
+        """The last update holds more splats than `limit` allows now (the setting was lowered)."""
+        return limit > 0 and self._last_splats is not None and self._last_splats[0].shape[0] > limit
+
     @staticmethod
-    def _key(s: Splats) -> tuple[np.ndarray, ...]:
-        # Copies: on CPU a snapshot's arrays may share memory with the live parameters.
-        return tuple(np.array(a, copy=True) for a in (s.means, s.scales, s.quats, s.rgbs, s.opacities))
+    def _arrays(s: Splats) -> tuple[np.ndarray, ...]:
+        return (s.means, s.scales, s.quats, s.rgbs, s.opacities)
 
-    def _splats_changed(self, s: Splats) -> bool:
-        old = self._last_splats
-        new = (s.means, s.scales, s.quats, s.rgbs, s.opacities)
-        return old is None or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(old, new))
+    @classmethod
+    def _changed(cls, old: tuple[np.ndarray, ...] | None, s: Splats) -> bool:
+        return old is None or any(a.shape != b.shape or not np.array_equal(a, b)
+                                  for a, b in zip(old, cls._arrays(s)))
 
-    def _send_splats(self, s: Splats) -> None:
-        key = self._key(s)  # read once: the arrays sent are the arrays remembered
-        means, scales, quats, rgbs, opacities = key
-        s = Splats(means=means, scales=scales, quats=quats, opacities=opacities, rgbs=rgbs, sh=s.sh)
+    def _send_splats(self, full: Splats, limit: int) -> None:
+        # Copies, read once: on CPU a snapshot's arrays may share memory with the live parameters, and
+        # the arrays sent must be the arrays remembered.
+        source = tuple(np.array(a, copy=True) for a in self._arrays(full))
+        means, scales, quats, rgbs, opacities = source
+        s = live_subset(Splats(means=means, scales=scales, quats=quats, opacities=opacities, rgbs=rgbs,
+                               sh=full.sh), limit)
+        key = self._arrays(s)
         cov = covariances(s.scales, s.quats)
         opa = s.opacities.reshape(-1, 1)  # [N, 1]
         if self._splats is None:
@@ -119,8 +212,9 @@ class SceneView:
                                                                  rgbs=s.rgbs, opacities=opa)
         else:
             self._splats.set_gaussians(s.means, cov, s.rgbs, opa)
-        self._last_splats = key  # set_gaussians copied what it needs; nothing writes to these arrays
+        self._last_splats, self._source = key, source  # set_gaussians copied what it needs
         self.splat_sends += 1
+        self.pacer.sent()
 
     def set_frusta_visible(self, visible: bool) -> None:
         self.show_frusta = visible
@@ -159,14 +253,17 @@ class SceneView:
 class LiveView:
     """The live tab: the current training view (with the nearest reference beside it) and uPlot charts."""
 
-    def __init__(self, server: viser.ViserServer, plot_hz: float = 2.0, image_hz: float = 2.0):
+    def __init__(self, server: viser.ViserServer, plot_hz: float = 2.0, image_hz: float = 2.0, mode: str = "rgb"):
         self.server = server
+        self.mode = mode  # view.mode: which of the snapshot's previews the training view shows
         self.plot_period, self.image_period = 1.0 / plot_hz, 1.0 / image_hz
         self._last_plot = self._last_image = -math.inf
-        self._image_iteration = -1
+        self._image_iteration: tuple[int, str] | None = None  # (iteration, mode) shown
         self._plot_lengths: dict[str, tuple[int, int]] = {}  # metric -> (segment, points) last drawn
         self.caption = server.gui.add_markdown("**Training view**")
         self.image = server.gui.add_image(np.full((256, 256, 3), 255, np.uint8), format="jpeg", jpeg_quality=92)
+        self.waiting = server.gui.add_markdown("*Plots of loss, gradient variance and PSNR appear after the "
+                                               "first steps.*")
         self.plots: dict[str, tuple[Plot, viser.GuiUplotHandle]] = {}
         for i, plot in enumerate(PLOTS):
             self.plots[plot.metric] = (plot, self._add_plot(plot, SERIES_COLOURS[i % len(SERIES_COLOURS)]))
@@ -183,6 +280,7 @@ class LiveView:
             padding=(12, 18, 0, 0),  # room for the top tick label
             legend={"show": False},
             aspect=2.2,
+            visible=False,
         )
 
     @staticmethod
@@ -191,27 +289,28 @@ class LiveView:
 
     def update(self, snap: Snapshot, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        if snap.preview is not None and snap.iteration != self._image_iteration \
+        shown = (snap.iteration, self.mode)
+        if snap.preview is not None and shown != self._image_iteration \
                 and now - self._last_image >= self.image_period:
-            self.image.image = upscale(side_by_side(snap.preview, snap.reference))
-            self.caption.content = self._caption(snap)
-            self._image_iteration, self._last_image = snap.iteration, now
+            preview = snap.previews.get(self.mode, snap.preview)
+            self.image.image = upscale(side_by_side(preview, snap.reference))
+            self.caption.content = self._caption(snap, self.mode)
+            self._image_iteration, self._last_image = shown, now
         if now - self._last_plot >= self.plot_period:
             self._last_plot = now
             for metric, (plot, handle) in self.plots.items():
                 self._update_plot(snap, metric, plot, handle)
 
     @staticmethod
-    def _caption(snap: Snapshot) -> str:
+    def _caption(snap: Snapshot, mode: str = "rgb") -> str:
+        title = "**Training view**" + ("" if mode == "rgb" else f" ({mode})")
         if snap.reference is None:
-            return "**Training view**"
+            return title
         psnr = snap.latest.get("psnr_ref")
-        return "**Training view** · nearest reference" + (f" ({psnr:.1f} dB)" if psnr is not None else "")
+        return title + " · nearest reference" + (f" ({psnr:.1f} dB)" if psnr is not None else "")
 
     def _update_plot(self, snap: Snapshot, metric: str, plot: Plot, handle: viser.GuiUplotHandle) -> None:
         n = len(snap.metrics.get(metric, ()))
-        has_ref = snap.reference is not None
-        handle.visible = has_ref or not plot.procedural_only
         if (snap.segment, n) == self._plot_lengths.get(metric):
             return
         self._plot_lengths[metric] = (snap.segment, n)
@@ -220,4 +319,11 @@ class LiveView:
             keep = y > 0
             handle.title = self._title(plot, "" if keep.any() or n == 0 else ": all zero so far")
             x, y = x[keep], np.log10(y[keep])
-        handle.data = (x, y)
+        # A chart drawn in the page before it had two points never draws a line (viser's client keeps
+        # the x range it computed from no data), so it is shown from its second point on, and hidden
+        # again when a new segment empties it: shown anew, the page builds it from the data it has.
+        wanted = (snap.reference is not None or not plot.procedural_only) and x.shape[0] >= 2
+        if wanted:
+            handle.data = (x, y)
+        handle.visible = wanted
+        self.waiting.visible = not any(h.visible for _, h in self.plots.values())

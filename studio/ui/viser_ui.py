@@ -2,8 +2,9 @@
 
 Threads: the session's worker trains; viser's event loop and thread pool serve clients and run widget
 callbacks (which only `session.send`); one UI thread here polls `session.snapshot` at ~10 Hz and pushes
-what changed (status, images, plots at a few Hz, splats only when they changed and at most `splat_hz`).
-So the training loop never waits on the browser.
+what changed (status, images, plots at a few Hz, splats only when they changed and the pages have taken
+the last ones: viser_scene.py). So the training loop never waits on the browser, and the page never
+falls behind the session.
 
 `serve(session, host, port)` runs it until Ctrl-C (what `python app.py` does); `ViserStudio` has
 start()/stop() for tests and scripts.
@@ -11,26 +12,57 @@ start()/stop() for tests and scripts.
 
 from __future__ import annotations
 
+import base64
+import io
 import sys
 import threading
 import traceback
 from collections import deque
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import viser
 
 from .. import commands as C
 from ..export import SUFFIXES
 from ..session import Session
 from ..snapshot import Event
-from .common import EventTracker, progress_percent, status_parts
+from ..view import ViewSettings
+from .common import EventTracker, progress_percent, status_parts, window_title
 from .viser_panel import PanelView
 from .viser_scene import LiveView, SceneView
 
 LEVEL_COLOURS = {"info": "green", "warning": "yellow", "error": "red"}
 LEVEL_TITLES = {"info": "Done", "warning": "Warning", "error": "Error"}
 DOWNLOAD_LIMIT = 256 * 1024 * 1024  # larger exports stay on disk (the notification names the path)
+
+
+@lru_cache(maxsize=1)
+def favicon_png() -> bytes:
+    """The studio's 32 px icon: three soft Gaussian blobs (blue, orange, green) on transparent ground."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) + 0.5
+    rgba = np.zeros((32, 32, 4), np.float32)
+    for (cx, cy, sx, sy), colour in (((12, 13, 7, 5), (66, 99, 235)), ((21, 12, 5, 6), (232, 89, 12)),
+                                     ((17, 22, 8, 5), (43, 138, 62))):
+        a = 0.95 * np.exp(-0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))[..., None]
+        rgba[..., :3] = rgba[..., :3] * (1 - a) + np.asarray(colour, np.float32) * a  # "over" compositing
+        rgba[..., 3:] = rgba[..., 3:] * (1 - a) + 255.0 * a
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(rgba, 0, 255).astype(np.uint8), "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def page_identity_js(title: str) -> str:
+    """JavaScript that gives the page the studio's title and icon (viser's page says "Viser")."""
+    icon = "data:image/png;base64," + base64.b64encode(favicon_png()).decode()
+    return ("document.title = " + repr(title) + ";"
+            "document.querySelectorAll(\"link[rel~='icon']\").forEach(l => l.remove());"
+            "const l = document.createElement('link'); l.rel = 'icon'; l.type = 'image/png';"
+            f"l.href = '{icon}'; document.head.appendChild(l);")
 
 
 class ViserStudio:
@@ -41,21 +73,22 @@ class ViserStudio:
         host: address to bind; 127.0.0.1 keeps it on this machine (there is no authentication).
         port: port to bind; 0 picks a free one (see `.port` after start()).
         poll_hz: how often the UI thread reads the snapshot.
-        splat_hz: most 3D-scene updates (splats and frusta) sent per second. Each is 32 bytes per Gaussian
-            per client, and makes the page re-sort and redraw for a quarter second: cheap on a GPU, but
-            a software-WebGL page on a small CPU machine spends about that share of a core on it.
+        view: the viewer settings (view.splat_hz, view.live_splats, view.mode); the View folder changes
+            them live.
     """
 
     def __init__(self, session: Session, host: str = "127.0.0.1", port: int = 8080, *,
-                 poll_hz: float = 10.0, splat_hz: float = 2.0, verbose: bool = False):
+                 poll_hz: float = 10.0, view: ViewSettings = ViewSettings(), verbose: bool = False):
         self.session, self.host, self.requested_port = session, host, port
-        self.poll_period, self.splat_hz, self.verbose = 1.0 / poll_hz, splat_hz, verbose
+        self.poll_period, self.verbose = 1.0 / poll_hz, verbose
+        self._view = view.validate()
         self.server: viser.ViserServer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._downloads: deque[tuple[int | None, str]] = deque()  # (client id, file suffix) awaited
         self._downloads_lock = threading.Lock()
         self._last_version = -1
+        self._title = ""
         self._updating = True
         self.refresh_count = 0
         self.refresh_errors = 0
@@ -82,7 +115,7 @@ class ViserStudio:
         server.initial_camera.fov = 0.75
         snap = self.session.snapshot
         self.events = EventTracker(snap)
-        self.scene = SceneView(server, splat_hz=self.splat_hz)
+        self.scene = SceneView(server, self._view)
         self._build_gui(server)
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="studio-viser-ui", daemon=True)
@@ -93,7 +126,8 @@ class ViserStudio:
         gui = server.gui
         self.status = gui.add_markdown("")
         self.progress = gui.add_progress_bar(0.0, color="blue")
-        self.panel = PanelView(server, self.session, self.notify, self._expect_download)
+        self.panel = PanelView(server, self.session, self.notify, self._expect_download, self._view,
+                               self.set_view)
         with gui.add_folder("View", expand_by_default=False):
             frusta = gui.add_checkbox("Training cameras", True, hint="the cameras of the last batch")
             frusta.on_update(lambda _: self.scene.set_frusta_visible(frusta.value))
@@ -103,9 +137,19 @@ class ViserStudio:
         gui.main_panel.set_width(340)
         live = gui.add_panel()
         with live.add_tab("Live", viser.Icon.CHART_LINE):
-            self.live = LiveView(server)
+            self.live = LiveView(server, mode=self._view.mode)
         live.dock_left()
         live.set_width(330)
+
+    @property
+    def view(self) -> ViewSettings:
+        return self._view
+
+    def set_view(self, view: ViewSettings) -> None:
+        """New viewer settings (validated by the caller), in effect from the next poll."""
+        self._view = view
+        self.scene.view = view
+        self.live.mode = view.mode
 
     def stop(self) -> None:
         """Stop the UI thread and the server (the session keeps running; stop it yourself)."""
@@ -113,6 +157,8 @@ class ViserStudio:
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
+        if getattr(self, "scene", None) is not None:
+            self.scene.stop()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -151,12 +197,24 @@ class ViserStudio:
             self.status.content = " · ".join([f"**{state.capitalize()}**", *rest])
             self.progress.value = progress_percent(snap)
             self.panel.update(snap)
+            if snap.prompt != self._title:
+                self._set_title(snap.prompt)
             for event in self.events.new(snap):
                 self._show_event(event)
         # Rate-limited inside, so also called for an unchanged snapshot: what a limit held back goes out
         # later even if no new snapshot comes (a stopped session).
         self.scene.update(snap)
         self.live.update(snap)
+
+    def _set_title(self, prompt: str) -> None:
+        """Page title and icon; the message is kept by viser and replayed to pages that connect later."""
+        assert self.server is not None
+        self._title = prompt
+        # viser has no public call for page JavaScript; its plotly support queues this message the same way.
+        from viser import _messages
+
+        self.server._websock_server.queue_message(_messages.RunJavascriptMessage(
+            source=page_identity_js(window_title(prompt))))
 
     # ----- notifications and downloads --------------------------------------------------------------
     def notify(self, client: Any, title: str, body: str, level: str = "info") -> None:
@@ -199,13 +257,13 @@ class ViserStudio:
             if size > DOWNLOAD_LIMIT:
                 self.notify(client, "Download", f"{path.name} is {size >> 20} MB; it stays at {path}", "warning")
                 return
-            client.send_file_download(path.name, path.read_bytes())
+            client.send_file_download(path.name, path.read_bytes(), save_immediately=True)
         except OSError as e:
             self.notify(client, "Download", f"could not read {path}: {e.strerror}", "error")
 
 
 def serve(session: Session, host: str = "127.0.0.1", port: int = 8080,
-          stop: threading.Event | None = None) -> int:
+          stop: threading.Event | None = None, view: ViewSettings = ViewSettings()) -> int:
     """Run the browser studio until Ctrl-C / SIGTERM (`stop`, see studio.signals): start training, print
     the address, block; on the way out stop the worker and write a checkpoint if the scene changed.
 
@@ -216,7 +274,7 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8080,
     studio: ViserStudio | None = None
     status = 0
     try:
-        studio = ViserStudio(session, host, port).start()
+        studio = ViserStudio(session, host, port, view=view).start()
         session.start()
         session.send(C.Resume())
         print(f"Gaussian Dreamer Studio: open {studio.url} in a browser (Ctrl-C to quit)", flush=True)
