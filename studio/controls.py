@@ -10,7 +10,9 @@ values with a message that the front-end shows, and the widget goes back to the 
 When an edit commits (`Control.commit`):
 - "change": a pick or a toggle (dropdown, checkbox) commits at once;
 - "release": a slider commits when the drag is released or a typed value is entered (Enter, or leaving
-  the field), a number field on Enter or leaving it: never per keystroke or per drag step;
+  the field), a number field on Enter or leaving it: never per keystroke or per drag step (the browser
+  page reports neither a release nor Enter there, so its panel commits once the value has been still
+  for a moment: studio/ui/viser_panel.py);
 - "apply": the prompt's text fields commit together, on Enter or the folder's Apply button.
 
 When an item is enabled: a Button in the session states of `enabled_in` (`STATES`), a Control while

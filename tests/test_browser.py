@@ -6,6 +6,7 @@ reason, only where they cannot be installed."""
 from __future__ import annotations
 
 import os
+import time
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,7 +65,8 @@ def test_page_draws_the_splats_and_pause_stops_the_counter(tmp_path):
                               f"the counter settling at iteration {paused.iteration}")
             session.wait_for(lambda s: s.version > paused.version + 5, 20)  # several publishes later
             assert page.status() == shown
-            assert "Paused" in page.driver.execute_script("return document.body.innerText")
+            text = page.driver.execute_script("return document.body.innerText")
+            assert "Paused" in text, text[:800]
 
             # The viewport draws the splats: hiding them changes a visible part of the canvas.
             page.wait(lambda: studio.scene.splat_sends > 0 and studio.scene._last_splats is not None, 20,
@@ -78,5 +80,91 @@ def test_page_draws_the_splats_and_pause_stops_the_counter(tmp_path):
             page.screenshot(tmp_path / "studio.png")
             assert (tmp_path / "studio.png").stat().st_size > 10_000
     finally:
+        studio.stop()
+        session.stop()
+
+
+def plot_pixels(page: HeadlessBrowser) -> list[int]:
+    """Per uPlot chart in the page, how many of its canvas pixels are strongly coloured (a drawn line;
+    axes, grid and text are grey)."""
+    rects = page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('.uplot canvas')).map(c => {"
+        "const r = c.getBoundingClientRect(); return [r.left, r.top, r.width, r.height];})")
+    img = page.page_image().astype(np.int16)
+    counts = []
+    for left, top, width, height in rects:
+        crop = img[int(top):int(top + height), int(left):int(left + width)]
+        saturation = crop.max(axis=-1) - crop.min(axis=-1)
+        counts.append(int((saturation > 60).sum()))
+    return counts
+
+
+def type_slowly(element, text: str, pause: float = 0.12) -> None:
+    """Keys at a person's pace. The page sends all widget edits through one 50 ms throttle that keeps
+    only the newest message, so keys a few milliseconds apart can lose all but the first edit."""
+    for key in text:
+        element.send_keys(key)
+        time.sleep(pause)
+
+
+def test_page_opened_before_the_first_step_plots_it_and_typing_commits_once(tmp_path):
+    session = Session(with_values(default_config("sds"), SMALL), tmp_path, paused=True)
+    studio = ViserStudio(session, port=0).start()
+    session.start()
+    sent, real_send = [], session.send
+    try:
+        with HeadlessBrowser(studio.url, width=1280, height=800) as page:
+            page.wait(page.status, 60, "the status line")
+            assert page.driver.title == "Gaussian Dreamer Studio: a red cube"
+            assert session.snapshot.iteration == 0 and plot_pixels(page) == []  # no chart before data
+            session.send(C.Resume())
+            session.wait_for(lambda s: s.iteration >= 25, 120)
+            counts = page.wait(lambda: (c := plot_pixels(page)) and len(c) == 3 and min(c) > 50 and c, 30,
+                               "three charts with their lines drawn")
+            assert len(counts) == 3
+
+            # Typing a number into the CFG slider's box: one edit reaches the session, once settled.
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.common.keys import Keys
+
+            def send(cmd):
+                sent.append(cmd)
+                return real_send(cmd)
+
+            session.send = send
+            box = page.wait(lambda: [e for e in page.driver.find_elements(By.CSS_SELECTOR, "input")
+                                     if e.get_attribute("value") == "7.5" and e.is_displayed()], 10,
+                             "the CFG scale box")[0]
+            page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+            box.click()
+            box.send_keys(Keys.CONTROL, "a")
+            type_slowly(box, "150")
+            box.send_keys(Keys.ENTER)
+            session.wait_for(lambda s: s.config.sds.guidance_scale == 150.0, 20)
+            time.sleep(1.5)
+            edits = [c.values["sds.guidance_scale"] for c in sent
+                     if isinstance(c, C.UpdateSettings) and "sds.guidance_scale" in c.values]
+            assert edits == [150.0]
+
+            # A refused prompt: the message is on screen and the box shows the prompt in use again.
+            prompt_box = [e for e in page.driver.find_elements(By.CSS_SELECTOR, "input")
+                          if e.get_attribute("value") == "a red cube" and e.is_displayed()][0]
+            page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", prompt_box)
+            prompt_box.click()
+            prompt_box.send_keys(Keys.CONTROL, "a")
+            type_slowly(prompt_box, "a purple elephant")
+            prompt_box.send_keys(Keys.ENTER)
+            page.wait(lambda: "purple elephant" in page.driver.execute_script("return document.body.innerText"),
+                      20, "the refusal shown")
+            page.wait(lambda: prompt_box.get_attribute("value") == "a red cube", 20, "the box reverted")
+            note = page.driver.execute_script(
+                "const n = Array.from(document.querySelectorAll('.mantine-Notification-root'))"
+                ".find(e => e.innerText.includes('purple elephant')); if (!n) return null;"
+                "const r = n.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom];")
+            assert note is not None and note[0] >= 0 and note[1] >= 0 and note[2] <= 1280 and note[3] <= 800
+            assert session.config.prompt.prompt == "a red cube"
+            page.screenshot(tmp_path / "refused.png")
+    finally:
+        session.send = real_send
         studio.stop()
         session.stop()

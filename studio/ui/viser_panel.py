@@ -9,8 +9,8 @@ and `commit_due()` to commit settled edits.
 
 When edits commit (controls.Control.commit): a page sends a slider's value while it is dragged and a
 number's at every keystroke, and says nothing when the drag ends; so a "release" edit is held until it
-has been still for COMMIT_QUIET_S (the drag released, the typing done) or Enter submits its folder (each
-folder with such controls is a viser form), and only the last value is sent.
+has been still for COMMIT_QUIET_S (the drag released, the typing done), and only the last value is sent.
+The prompt's fields commit on Enter (their folder is a viser form) or Apply.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from .common import (
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
 BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "continue": "green", "reset": "red", "step": "gray"}
 UPLOAD_LIMIT = 512 * 1024 * 1024
-COMMIT_QUIET_S = 0.6  # a "release" edit commits once its widget has been still this long (or on Enter)
+COMMIT_QUIET_S = 0.6  # a "release" edit commits once its widget has been still this long
+SUBMIT_SETTLE_S = 0.25  # Enter acts this long after it arrives: the page sends it ahead of the last keystrokes
 
 
 def widget_bounds(control: Control, cfg: Any, value: Any) -> tuple[Any, Any, Any]:
@@ -65,7 +66,9 @@ class PanelView:
         self.readouts: list[tuple[Readout, Any]] = []
         self.pickers: dict[str, tuple[Picker, Any]] = {}  # action -> (picker, handle)
         self.known_prompts = tuple(session.known_prompts)
+        self.built: list[tuple[str, str]] = []  # (folder label, config path or action) in build order
         self.pending: dict[str, tuple[Any, float, Any]] = {}  # path -> (value, when edited, client): "release" edits
+        self.submitted: list[tuple[Folder, Any, float]] = []  # (folder, client, when): Enter, acted on when settled
         self.synced_config = self._picker_config = session.config
         self._send_lock = threading.Lock()  # callbacks run concurrently in viser's thread pool
         for folder in PANEL:
@@ -78,7 +81,10 @@ class PanelView:
         controls = [i for i in folder.items if isinstance(i, Control) and "viser" in i.front_ends]
         files = [i for i in folder.items if isinstance(i, FileInput)]
         expand = folder.method is not None or folder.label in ("Prompt", "Transport")
-        if files or any(c.commit != "change" for c in controls):  # Enter in a field submits the folder
+        # Enter in a text field submits the folder's form. Only folders with text fields are forms: the page
+        # sends every edit, click and submit through one throttle that keeps only the newest message, and a
+        # form's own messages could stand in for a widget's.
+        if files or any(c.commit == "apply" for c in controls):
             handle = self.server.gui.add_form(folder.label, expand_by_default=expand)
             handle.on_submit(lambda event, f=folder: self._on_submit(f, event.client))
         else:
@@ -94,6 +100,9 @@ class PanelView:
                     self._add_file_input(item)
                 elif "viser" in item.front_ends:
                     self._add_control(item)
+                else:
+                    continue
+                self.built.append((folder.label, item.path if isinstance(item, Control) else item.action))
             for readout in READOUTS.get(folder.label, ()):
                 h = self.server.gui.add_text(readout.label, "–", disabled=True, hint=readout.help or None)
                 self.readouts.append((readout, h))
@@ -196,24 +205,36 @@ class PanelView:
         handle.value = widget_value(control, self.session.config)
         return False
 
-    def commit_due(self, now: float | None = None, folder: Folder | None = None) -> None:
-        """Commit the "release" edits that have been still for COMMIT_QUIET_S (all of `folder`'s, at once,
-        when given: Enter submitted it)."""
+    def commit_due(self, now: float | None = None) -> None:
+        """Act on Enter in a folder (SUBMIT_SETTLE_S after it came) and commit the "release" edits that
+        have been still for COMMIT_QUIET_S."""
         now = time.monotonic() if now is None else now
-        paths = None if folder is None else {i.path for i in folder.items if isinstance(i, Control)}
+        while self.submitted and now - self.submitted[0][2] >= SUBMIT_SETTLE_S:
+            folder, client, _ = self.submitted.pop(0)
+            self._submit(folder, client)
         for path, (value, when, client) in list(self.pending.items()):
-            if (paths is not None and path in paths) or (paths is None and now - when >= COMMIT_QUIET_S):
-                if self.pending.get(path, (None, None, None))[1] != when:
-                    continue  # edited again meanwhile
-                del self.pending[path]
-                self.commit(self.widgets[path][0], value, client)
+            if now - when >= COMMIT_QUIET_S:
+                self._commit_pending(path, when)
+
+    def _commit_pending(self, path: str, when: float) -> None:
+        value, edited, client = self.pending.get(path, (None, None, None))
+        if edited != when:
+            return  # edited again meanwhile, or committed already
+        del self.pending[path]
+        self.commit(self.widgets[path][0], value, client)
 
     def _on_submit(self, folder: Folder, client: Any) -> None:
+        self.submitted.append((folder, client, time.monotonic()))
+
+    def _submit(self, folder: Folder, client: Any) -> None:
+        """Enter in one of the folder's fields: apply the prompt, load the path, or commit held edits."""
         if folder.label == "Prompt":
             self._apply_prompt(client)
         if any(isinstance(i, FileInput) for i in folder.items):
             self.load(self.load_path.value, client)
-        self.commit_due(folder=folder)
+        for item in folder.items:
+            if isinstance(item, Control) and item.path in self.pending:
+                self._commit_pending(item.path, self.pending[item.path][1])
 
     def _on_picker(self, picker: Picker, handle: Any, client: Any) -> None:
         options = picker_options(picker, self.known_prompts)
@@ -314,6 +335,12 @@ class PanelView:
         for control, handle in self.widgets.values():
             if not control.is_view:
                 handle.disabled = not control_enabled(control, cfg)
+
+    def enabled_items(self) -> dict[str, bool]:
+        """{config path or action: enabled} of the buttons and controls as the page shows them now."""
+        out = {action: not h.disabled for action, h in self.buttons.items()}
+        out.update({path: not h.disabled for path, (c, h) in self.widgets.items()})
+        return out
 
     def update(self, snap: Snapshot) -> None:
         """Transport buttons and live readouts from a snapshot."""
