@@ -3,18 +3,21 @@
     .venv/bin/python benchmarks/desktop_frame.py            # table, written to docs/BENCHMARKS.md
     .venv/bin/python benchmarks/desktop_frame.py --quick --no-write
     .venv/bin/python benchmarks/desktop_frame.py --screenshot docs/screenshot_desktop.png
+    .venv/bin/python benchmarks/desktop_frame.py --screenshot docs/screenshot_desktop_1000x650.png --size 1000x650
 
 Every case is a fresh process (one DearPyGui window per process; GLFW on X11 cannot be initialized
 twice) running the default session (SDS preset, procedural prior, CPU renderer, 64 px, batch 4, 2000
 Gaussians) for --seconds after --warmup seconds; it/s is the iterations the worker made in that window
 divided by its length. Window cases run the studio's own loop (`frame()` then `pace()`): "idle" is no
 input (the window drops to idle_fps), "orbiting" drags the camera every frame (fps cap, a re-render every
-frame). While training, the view renders at WindowSettings.moving_size (128 px by default, shown
+frame). While training, the view renders at ViewSettings.moving_size (128 px by default, shown
 upscaled to the 512 px view) and sharpens to size (256 px) once paused and still; the 256 px rows
-render at 256 px throughout. "frame ms" is the time of one `frame()` call: queued callbacks, snapshot follow-up, the viewport
-render when due, and DearPyGui drawing the window (with no GPU, Mesa's llvmpipe draws it on the CPU).
-"worker renders" is the alternative design, emulated without a window: the worker itself renders the
-view at max Hz between steps (`run_steps` callback), so every render is serial with training. Without a
+render at 256 px throughout. The view renders in the window's render thread (the UI thread posts a
+request and uploads the finished image). "frame ms" is the time of one `frame()` call: queued callbacks,
+snapshot follow-up, uploading a finished view, and DearPyGui drawing the window (with no GPU, Mesa's
+llvmpipe draws it on the CPU); "view render ms" is the render thread's time per view. "worker renders"
+is the alternative design, emulated without a window: the worker itself waits for a view render at max
+Hz between steps (`run_steps` callback), so every render is serial with training. Without a
 display the script runs itself under xvfb-run. The machine is shared with other jobs (load average
 above): rounds are interleaved and medians over rounds are shown; compare ratios, not digits.
 """
@@ -49,12 +52,15 @@ QUICK = ("no window", "window idle, view 128 px at 4 Hz (default)", "window orbi
 def prime(session) -> None:
     """One training step and one view render before any clock starts: numba compiles (or loads from its
     cache) the kernels on first use, which took tens of seconds on the busy machine after an edit."""
-    from studio.ui.desktop_view import OrbitView, ViewportRenderer, WindowSettings
+    from studio.ui.desktop_view import OrbitView, ViewportRenderer
+    from studio.view import ViewSettings
 
     session.run_steps(1)
     for size in (128, 256):
-        viewport = ViewportRenderer(WindowSettings(size=size, moving_size=size), session.config.render.renderer)
+        viewport = ViewportRenderer(ViewSettings(size=size, moving_size=size), session.config.render.renderer)
         viewport.update(session.snapshot, OrbitView.for_config(session.config, size))
+        viewport.wait(600)
+        viewport.close()
 
 
 def measure(case: str, warmup: float, seconds: float) -> dict:
@@ -63,20 +69,20 @@ def measure(case: str, warmup: float, seconds: float) -> dict:
 
     import studio.commands as C
     from studio.session import Session
-    from studio.ui.desktop_view import WindowSettings
+    from studio.view import ViewSettings
 
     window, size, moving, hz, orbiting, worker_renders = CASES[case]
     session = Session(small_config("sds", {}), Path("/tmp") / f"desktop_bench_{os.getpid()}", paused=True,
                       metrics_file=False)
     prime(session)
     if worker_renders:
-        return measure_worker_renders(session, WindowSettings(size=size, moving_size=moving, max_hz=hz), warmup,
+        return measure_worker_renders(session, ViewSettings(size=size, moving_size=moving, max_hz=hz), warmup,
                                       seconds)
     studio = None
     if window:
         from studio.ui.desktop_ui import DesktopStudio
 
-        studio = DesktopStudio(session, WindowSettings(size=size, moving_size=moving, max_hz=hz))
+        studio = DesktopStudio(session, ViewSettings(size=size, moving_size=moving, max_hz=hz))
     session.send(C.Resume())
     session.start()
     marks: list[tuple[float, int]] = []
@@ -118,8 +124,8 @@ class _Done(Exception):
 
 
 def measure_worker_renders(session, settings, warmup: float, seconds: float) -> dict:
-    """The worker renders the view itself, at most `hz` times a second, between steps (the alternative
-    to rendering in the UI thread); snapshots are published as in the threaded loop."""
+    """The worker waits for a view render, at most `hz` times a second, between steps (the alternative
+    to rendering beside training); snapshots are published as in the threaded loop."""
     import studio.commands as C
     from studio.ui.desktop_view import OrbitView, ViewportRenderer
 
@@ -131,6 +137,8 @@ def measure_worker_renders(session, settings, warmup: float, seconds: float) -> 
 
     def after_step(s) -> None:
         now = time.perf_counter()
+        viewport.update(s.snapshot, view)  # posts a render when due ...
+        viewport.wait(600)  # ... which this step waits for
         if viewport.update(s.snapshot, view) and marks:
             render_ms.append(viewport.last_ms)
         if not marks and now - t0 >= warmup:
@@ -144,6 +152,7 @@ def measure_worker_renders(session, settings, warmup: float, seconds: float) -> 
         session.run_steps(1_000_000, callback=after_step)
     except _Done:
         pass
+    viewport.close()
     (t_a, i_a), (t_b, i_b) = marks
     return {"case": "worker renders", "its": (i_b - i_a) / (t_b - t_a), "renders_per_s": len(render_ms) / (t_b - t_a),
             "render_ms": statistics.median(render_ms) if render_ms else float("nan")}
@@ -199,36 +208,49 @@ def reading(results: dict[str, list[dict]]) -> str:
         if abs(ui_cost - worker_cost) <= spread:
             verdict = "the difference is within the spread: neither costs training measurably more"
         else:
-            verdict = f"{'the UI thread' if ui_cost < worker_cost else 'the worker'} costs training less"
-        lines.append(f"A {px} px view at 4 Hz rendered in the UI thread changes that rate by "
+            verdict = f"{'the render thread' if ui_cost < worker_cost else 'the worker'} costs training less"
+        lines.append(f"A {px} px view at 4 Hz rendered in the window's render thread changes that rate by "
                      f"{int(round(-100 * ui_cost)):+d}%; rendered by the worker between steps, the no-window rate "
                      f"by {int(round(-100 * worker_cost)):+d}% ({verdict}).")
-    lines.append("The UI thread's render runs beside the step and competes with it for the two cores (and for "
+    lines.append("The window's render runs beside the step and competes with it for the two cores (and for "
                  "the interpreter: the rasterizer's numba kernels hold the GIL); the worker's render adds its "
                  "whole time to the step it follows. Orbiting re-renders and redraws every frame, at the "
                  f"interactive fps, and keeps {pct(its('window orbiting (128 px while moving)'), base)}.")
     return " ".join(lines)
 
 
-def screenshot(path: Path, steps: int) -> None:
-    """Train `steps` headless, open the window, let it settle, save its pixels as a PNG."""
-    import imageio.v3 as iio
+def screenshot(path: Path, steps: int, size: tuple[int, int]) -> None:
+    """Open the window on the default session, train `steps` in it, pause, export a PLY (so the message
+    area has a real message), let the view sharpen, save the window's pixels as a 256-colour PNG."""
     import numpy as np
+    from PIL import Image
 
+    import studio.commands as C
     from studio.session import Session
+    from studio.ui import common
     from studio.ui.desktop_ui import DesktopStudio
 
     session = Session(small_config("sds", {}), Path("/tmp") / f"desktop_shot_{os.getpid()}", paused=True,
                       metrics_file=False)
-    session.run_steps(steps)
-    studio = DesktopStudio(session)
+    studio = DesktopStudio(session, width=size[0], height=size[1])
+    session.send(C.Resume())
+    session.start()
+    while session.snapshot.iteration < steps:
+        studio.frame()
+        studio.pace()
+    studio.panel.send_all(common.button_commands("pause", session.snapshot))
+    session.wait_for(lambda s: s.paused, timeout=60)
+    last = session.snapshot.events[-1].id if session.snapshot.events else 0
+    studio.panel.send_all(common.button_commands("export:ply", session.snapshot))
+    session.wait_for(lambda s: any(e.id > last and e.path for e in s.events), timeout=60)
     start = time.perf_counter()
-    while time.perf_counter() - start < 1.0:  # held still past SETTLE_S, the view renders at full size
+    while time.perf_counter() - start < 1.5 or not studio.viewport.idle():  # still: full-size view
         studio.frame()
         studio.pace()
     pixels = studio.grab()
-    iio.imwrite(path, (np.clip(pixels[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
-    print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]}) after {steps} steps")
+    image = Image.fromarray((np.clip(pixels[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
+    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]}) at step {session.snapshot.iteration}")
     studio.close()
 
 
@@ -241,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds measured per case")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process (the child)
     ap.add_argument("--screenshot", type=Path, help="write a PNG of the window after --steps steps and exit")
-    ap.add_argument("--steps", type=int, default=300, help="training steps before the screenshot")
+    ap.add_argument("--steps", type=int, default=150, help="training steps before the screenshot")
+    ap.add_argument("--size", default="1280x800", help="window size of the screenshot, WIDTHxHEIGHT")
     args = ap.parse_args(argv)
     if not os.environ.get("DISPLAY"):  # xvfb-run sets it, so this runs once
         if shutil.which("xvfb-run") is None:
@@ -252,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.case, args.warmup, args.seconds)))
         return
     if args.screenshot:
-        screenshot(args.screenshot, args.steps)
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        screenshot(args.screenshot, args.steps, (width, height))
         return
     load = load_average()
     cases = QUICK if args.quick else tuple(CASES)

@@ -1,16 +1,25 @@
 """The desktop viewport: an orbit camera the user drives and the renderer's image of the latest snapshot.
 
-Nothing here touches the session's tensors: the image is rendered in the UI thread from the snapshot's
-numpy splat arrays (shared with torch without a copy), under `no_grad`, by a renderer of the session's
-kind. Renders are rate-bounded while training (the rasterizer holds both cores and the GIL while it
-runs, so every viewport render is time the worker does not train): a new snapshot re-renders at most
-`WindowSettings.max_hz`, a camera move re-renders on the next frame.
+Threads: the UI thread decides when a render is due and posts a `RenderRequest` (the snapshot's splats,
+the camera, the size, the render mode); a render thread of its own takes the newest request (latest
+wins: one waiting at most), renders it and leaves the finished RGBA image for the UI thread, which only
+copies it into the texture's buffer. So the window keeps drawing while a render runs, including the
+first one, which waits for numba to compile (or load) the CPU rasterizer's kernels.
+
+Nothing here touches the session's tensors: the image is rendered from the snapshot's numpy splat
+arrays (shared with torch without a copy), under `no_grad`, by a renderer of the session's kind.
+Renders are rate-bounded while training (the rasterizer holds both cores and the GIL while it runs, so
+every viewport render is time the worker does not train): a new snapshot re-renders at most
+`ViewSettings.max_hz`, a camera move (or a new mode or background) at once.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
+import traceback
 import zlib
 from dataclasses import dataclass, replace
 
@@ -20,42 +29,9 @@ import torch
 import renderers
 from renderers.camera import Cameras, orbit
 
+from ..render_modes import mode_image
 from ..snapshot import Snapshot, Splats
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    size: int = 256
-    """side of the viewport render in pixels (square) while paused and still; shown at `display` pixels"""
-    moving_size: int = 128
-    """side of the render while training or while the camera moves (a divisor of size: cheaper renders
-    leave the two cores to training; the image sharpens to `size` once paused and still)"""
-    display: int = 512
-    """side of the viewport on screen in pixels (the render is scaled up to it)"""
-    max_hz: float = 4.0
-    """re-renders per second for new snapshots while training (camera moves re-render at once)"""
-    background: float = 0.16
-    """grey level behind the Gaussians"""
-    fps: float = 30.0
-    """frame-rate cap while the user interacts (without a GPU, Mesa draws every frame on the CPU)"""
-    idle_fps: float = 5.0
-    """frame-rate cap without input for a second (snapshots arrive at run.publish_hz anyway)"""
-
-    def validate(self) -> None:
-        if not 16 <= self.size <= 2048:
-            raise ValueError(f"window.size: must lie in [16, 2048] pixels, got {self.size}")
-        if not (8 <= self.moving_size <= self.size and self.size % self.moving_size == 0):
-            raise ValueError(f"window.moving_size: must be a divisor of size = {self.size} and at least 8, "
-                             f"got {self.moving_size}")
-        if not 16 <= self.display <= 4096:
-            raise ValueError(f"window.display: must lie in [16, 4096] pixels, got {self.display}")
-        if not 0.1 <= self.max_hz <= 120.0:
-            raise ValueError(f"window.max_hz: must lie in [0.1, 120] per second, got {self.max_hz}")
-        if not 0.0 <= self.background <= 1.0:
-            raise ValueError(f"window.background: must lie in [0, 1], got {self.background}")
-        for name in ("fps", "idle_fps"):
-            if not 1.0 <= getattr(self, name) <= 240.0:
-                raise ValueError(f"window.{name}: must lie in [1, 240] frames per second, got {getattr(self, name)}")
+from ..view import ViewSettings
 
 
 @dataclass(frozen=True)
@@ -117,8 +93,12 @@ class OrbitView:
         self.state = self.home
 
     def cameras(self, size: int) -> Cameras:
-        s = self.state
-        return orbit(s.azimuth, s.elevation, s.radius, s.fovy, size, size, s.target)
+        return orbit_cameras(self.state, size)
+
+
+def orbit_cameras(state: OrbitState, size: int) -> Cameras:
+    """One square camera of `size` pixels at `state`."""
+    return orbit(state.azimuth, state.elevation, state.radius, state.fovy, size, size, state.target)
 
 
 def params_from_splats(splats: Splats, device: torch.device) -> renderers.GaussianParams:
@@ -139,19 +119,63 @@ def scene_key(splats: Splats) -> int:
     return key
 
 
-class ViewportRenderer:
-    """Renders the latest scene from the orbit view into an RGBA float buffer that a texture shows.
+@dataclass(frozen=True)
+class RenderRequest:
+    """One viewport image to render: what the UI thread hands the render thread."""
 
-    `update(snapshot, view)` renders when the camera moved, or when the scene changed and `1 / max_hz`
-    has passed since the last render (at once while paused: then it is a user's step or edit). While
-    training or moving (a camera change less than SETTLE_S ago) it renders at `moving_size`, shown
-    upscaled; paused and still, at `size`. The buffer [size * size * 4] float32 is rewritten in place:
-    the texture keeps a pointer to it.
+    key: int  # scene_key(splats)
+    splats: Splats
+    view: OrbitState
+    size: int  # render side in pixels (a divisor of the buffer's side)
+    mode: str  # view.mode
+    background: float  # grey level behind the Gaussians (rgb mode)
+
+    def shows(self, other: "RenderRequest") -> bool:
+        """Whether this image shows what `other` asks for, at least as sharp."""
+        return (self.key, self.view, self.mode, self.background) == \
+            (other.key, other.view, other.mode, other.background) and self.size >= other.size
+
+
+@dataclass(frozen=True)
+class Finished:
+    request: RenderRequest
+    image: np.ndarray | None  # [side, side, 4] float32 RGBA, None after an error
+    ms: float
+    error: str | None = None
+
+
+def render_image(renderer, device: torch.device, params: renderers.GaussianParams, req: RenderRequest,
+                 side: int) -> np.ndarray:
+    """[side, side, 4] float32 RGBA of `req` in its mode, rendered at req.size and upscaled by repeating
+    pixels (side is a multiple of req.size)."""
+    factor = side // req.size
+    assert factor * req.size == side, (side, req.size)
+    bg = torch.full((1, 3), req.background, device=device)
+    with torch.no_grad():
+        out = renderer(params, orbit_cameras(req.view, req.size).to(device), bg)
+        img = mode_image(out, req.mode).float().cpu().numpy()  # [s, s, 3]
+    if factor > 1:
+        img = img.repeat(factor, axis=0).repeat(factor, axis=1)
+    rgba = np.ones((side, side, 4), dtype=np.float32)
+    rgba[..., :3] = img
+    return rgba
+
+
+class ViewportRenderer:
+    """The latest scene from the orbit view, rendered in a thread, into an RGBA float buffer that a
+    texture shows.
+
+    `update(snapshot, view)` (UI thread, every frame) posts a render when the camera, the mode or the
+    background changed, or when the scene changed and `1 / max_hz` has passed since the last request (at
+    once while paused: then it is a user's step or edit); it copies a finished image into `buffer` and
+    returns whether it did. While training or moving (a camera change less than SETTLE_S ago) renders
+    are `moving_size` pixels, shown upscaled; paused and still, `size`. The buffer [size * size * 4]
+    float32 is rewritten in place: the texture keeps a pointer to it. `close()` ends the thread.
     """
 
     SETTLE_S = 0.25
 
-    def __init__(self, settings: WindowSettings, renderer_kind: str):
+    def __init__(self, settings: ViewSettings, renderer_kind: str):
         settings.validate()
         self.settings = settings
         self.renderer = renderers.make_renderer(renderer_kind)
@@ -162,61 +186,128 @@ class ViewportRenderer:
         self.buffer[0::4] = self.buffer[1::4] = self.buffer[2::4] = settings.background
         self._version = -1  # last snapshot version looked at
         self._latest: tuple[int, Splats] | None = None  # (scene key, splats) of the newest scene
-        self._params: tuple[int, renderers.GaussianParams] | None = None
-        self._drawn: tuple[int, OrbitState, int] | None = None  # (scene key, view, size) in the buffer
+        self._requested: RenderRequest | None = None  # the last request posted
         self._view: tuple[OrbitState, float] | None = None  # the view last seen and when it changed
-        self._last_render = -math.inf
-        self.renders = 0
+        self._last_request = -math.inf
+        self.renders = 0  # finished renders shown
         self.last_ms = 0.0
         self.last_size = 0
         self.last_error: str | None = None
+        # Shared with the render thread, under _cond:
+        self._cond = threading.Condition()
+        self._pending: RenderRequest | None = None
+        self._busy = False
+        self._finished: Finished | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="viewport-render", daemon=True)
+        self._thread.start()
 
+    def configure(self, settings: ViewSettings) -> None:
+        """New viewer settings (mode, background, max_hz take effect at the next update; the buffer's
+        size stays)."""
+        settings.validate()
+        if (settings.size, settings.moving_size) != (self.settings.size, self.settings.moving_size):
+            raise ValueError("view.size and view.moving_size are fixed while the window is open "
+                             "(set them with --set view.size=... at launch)")
+        self.settings = settings
+
+    # ----- UI thread --------------------------------------------------------------------------------
     def update(self, snapshot: Snapshot, view: OrbitView) -> bool:
-        """Render if due; returns whether the buffer changed."""
+        """Post a render if one is due; returns whether a finished image was copied into the buffer."""
         if snapshot.version != self._version and snapshot.splats is not None:
             self._version = snapshot.version
             key = scene_key(snapshot.splats)
             if self._latest is None or self._latest[0] != key:
                 self._latest = (key, snapshot.splats)
-        if self._latest is None:
-            return False
+        if self._latest is not None:
+            self._post_if_due(snapshot.paused, view.state)
+        return self._collect()
+
+    def _post_if_due(self, paused: bool, state: OrbitState) -> None:
         now = time.perf_counter()
-        if self._view is None or self._view[0] != view.state:
-            self._view = (view.state, now)
+        if self._view is None or self._view[0] != state:
+            self._view = (state, now)
         still = now - self._view[1] >= self.SETTLE_S
-        size = self.settings.size if snapshot.paused and still else self.settings.moving_size
+        s = self.settings
         key, splats = self._latest
-        if self._drawn is None:
-            due = True
-        else:
-            drawn_key, drawn_view, drawn_size = self._drawn
-            rate_ok = snapshot.paused or now - self._last_render >= 1.0 / self.settings.max_hz
-            due = drawn_view != view.state or size > drawn_size or (drawn_key != key and rate_ok)
-        if not due:
+        req = RenderRequest(key, splats, state, s.size if paused and still else s.moving_size, s.mode,
+                            s.background)
+        last = self._requested
+        if last is not None:
+            if last.shows(req):
+                return
+            scene_only = replace(last, key=key, splats=splats).shows(req)  # only the scene is new
+            if scene_only and not paused and now - self._last_request < 1.0 / s.max_hz:
+                return
+        with self._cond:
+            self._pending = req  # a request not yet taken is replaced: latest wins
+            self._cond.notify()
+        self._requested, self._last_request = req, now
+
+    def _collect(self) -> bool:
+        with self._cond:
+            done, self._finished = self._finished, None
+        if done is None:
             return False
-        if self._params is None or self._params[0] != key:
-            self._params = (key, params_from_splats(splats, self.device))
-        self.render_into(self._params[1], view.cameras(size))
-        self._drawn = (key, view.state, size)
-        self._last_render = now
-        self.last_ms = (time.perf_counter() - now) * 1000.0
+        self.last_ms, self.last_error = done.ms, done.error
+        if done.image is None:
+            return False
+        np.copyto(self.buffer.reshape(done.image.shape), done.image)
+        self.renders += 1
+        self.last_size = done.request.size
         return True
 
-    def render_into(self, params: renderers.GaussianParams, cams: Cameras) -> None:
-        """Render one camera (width = height, a divisor of size) and fill the buffer, upscaled by
-        repeating pixels."""
-        n = self.settings.size
-        factor = n // cams.width
-        bg = torch.full((1, 3), self.settings.background, device=self.device)
-        try:
-            with torch.no_grad():
-                rgb = self.renderer(params, cams.to(self.device), bg).rgb[0]  # [H, W, 3]
-        except (ValueError, RuntimeError) as e:  # a corrupt snapshot must not close the window
-            self.last_error = f"viewport: {e}"
-            return
-        self.last_error = None
-        out = self.buffer.reshape(n, n, 4)
-        img = rgb.clamp(0, 1).float().cpu().numpy()  # [s, s, 3]
-        out[..., :3] = img.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else img
-        self.renders += 1
-        self.last_size = cams.width
+    @property
+    def compiling(self) -> bool:
+        """The first render was asked for and has not finished (numba compiles the kernels then)."""
+        return self.renders == 0 and self.last_error is None and self._requested is not None
+
+    def idle(self) -> bool:
+        """Nothing waits, renders or is left to collect."""
+        with self._cond:
+            return self._pending is None and not self._busy and self._finished is None
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until the render thread has finished what was posted (tests, benchmarks); the next
+        `update` collects it. Returns False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the render thread is alive (until `close`)."""
+        return self._thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the render thread (a render in progress finishes first). Returns whether it ended."""
+        with self._cond:
+            self._stop = True
+            self._pending = None
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ----- render thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        params: tuple[int, renderers.GaussianParams] | None = None  # this thread's copy of the scene
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or self._pending is not None)
+                if self._stop:
+                    return
+                req, self._pending, self._busy = self._pending, None, True
+            t0 = time.perf_counter()
+            image, error = None, None
+            try:
+                if params is None or params[0] != req.key:
+                    params = (req.key, params_from_splats(req.splats, self.device))
+                image = render_image(self.renderer, self.device, params[1], req, self.settings.size)
+            except (ValueError, RuntimeError) as e:  # a corrupt snapshot must not end the viewport
+                error = f"viewport: {e}"
+            except Exception as e:  # noqa: BLE001 -- shown in the window and printed: the thread goes on
+                traceback.print_exc(file=sys.stderr)
+                error = f"viewport: {type(e).__name__}: {e}"
+            done = Finished(req, image, (time.perf_counter() - t0) * 1000.0, error)
+            with self._cond:
+                self._finished, self._busy = done, False
+                self._cond.notify_all()
