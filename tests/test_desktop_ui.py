@@ -721,6 +721,52 @@ def test_layout_fits_a_small_window(window):
     assert dpg.get_item_rect_size(studio.image) == [WINDOW.display, WINDOW.display]
 
 
+def test_both_front_ends_build_the_same_panel_and_enable_it_alike(window):
+    """The browser and the desktop panels, over the same session: the same items in the same order
+    (but the viewer settings one of them lacks), and the same items enabled in each session state."""
+    from studio.controls import items_of
+    from studio.ui.viser_ui import ViserStudio
+
+    studio, session = window
+    web = ViserStudio(session, port=0).start()
+    try:
+        assert studio.panel.built == items_of("desktop") and web.panel.built == items_of("viser")
+        one_sided = {c.path for c in all_controls() if len(c.front_ends) == 1}
+        assert [i for i in items_of("desktop") if i[1] not in one_sided] == \
+            [i for i in items_of("viser") if i[1] not in one_sided]
+
+        def compare(what: str) -> dict[str, bool]:
+            frames(studio, 2)
+            web.refresh()
+            desk, page = studio.panel.enabled_items(), web.panel.enabled_items()
+            keys = (set(desk) & set(page))
+            assert keys >= {"pause", "resume", "continue", "step", "ssd.mu", "sds.guidance_scale"}, keys
+            differ = {k: (desk[k], page[k]) for k in keys if desk[k] != page[k]}
+            assert not differ, f"{what}: enabled differently (desktop, browser): {differ}"
+            return desk
+
+        session.send(C.Pause())
+        session.wait_for(lambda s: s.paused and not s.done)
+        paused = compare("paused")
+        assert not paused["pause"] and paused["resume"] and not paused["continue"]
+        for mode, enabled in (("fixed", True), ("learned", False)):
+            session.send(C.UpdateSettings({"ssd.mu_mode": mode}))
+            session.wait_for(lambda s, m=mode: s.config.ssd.mu_mode == m)
+            assert compare(f"mu_mode {mode}")["ssd.mu"] is enabled
+        session.send(C.Resume())
+        session.wait_for(lambda s: not s.paused)
+        running = compare("running")
+        assert running["pause"] and not running["resume"] and running["step"]
+        it = session.snapshot.iteration
+        session.send(C.UpdateSettings({"run.steps": it + 2}))
+        session.wait_for(lambda s: s.done and s.paused, timeout=60)
+        done = compare("done")
+        assert done["continue"] and not done["resume"] and not done["pause"]
+        session.send(C.UpdateSettings({"run.steps": 600}))
+    finally:
+        web.stop()
+
+
 def test_closing_writes_a_checkpoint_when_the_scene_changed(window):
     studio, session = window
     user_clicks(studio.panel.buttons["checkpoint"])

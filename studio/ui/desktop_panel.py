@@ -352,6 +352,12 @@ class Panel:
         for readout, text in self.readouts:
             dpg.set_value(text, common.readout_text(snap, readout))
 
+    def enabled_items(self) -> dict[str, bool]:
+        """{config path or action: enabled} of the buttons and controls as the window shows them now."""
+        out = {action: self._enabled.get(item, True) for action, item in self.buttons.items()}
+        out.update({path: self._enabled.get(item, True) for path, item in self.items.items()})
+        return out
+
     def _enable(self, item: int | str, enabled: bool) -> None:
         if self._enabled.get(item) != enabled:
             dpg.configure_item(item, enabled=enabled)
