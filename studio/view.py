@@ -23,7 +23,7 @@ class ViewSettings:
     mode: RenderMode = "rgb"
     """what the viewers draw: colour, depth (near is bright), accumulated opacity, or camera-space normals
     (the browser's 3D viewport always draws colour; its training view follows this)"""
-    splat_hz: float = 2.0
+    splat_hz: float = 1.0
     """browser: most splat updates sent per second; a new one also waits until every page has taken the
     last (so a slow page is sent fewer, never a backlog)"""
     live_splats: int = 20_000

@@ -8,7 +8,9 @@ page re-sort and redraw, which a software-WebGL page on a small CPU machine does
 queue behind them (a Pause took minutes to show). So an update goes out only when the scene changed,
 at most `view.splat_hz` a second, and once every page has answered a round trip sent after the last
 update (SplatPacer); while training, a large scene is sent as its `view.live_splats` most opaque
-Gaussians, and whole once paused.
+Gaussians, and whole once paused. That cap also adapts: a round trip slower than TARGET_RTT_S (the page
+answered behind a long frame) lowers it, down to MIN_LIVE_SPLATS; a fast one raises it back towards
+`view.live_splats`; and after each answer the page gets as long again to itself before the next update.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from ..view import ViewSettings
 from .common import PLOTS, Plot, plot_series
 
 ACK_TIMEOUT_S = 15.0  # a page that does not answer within this is sent the next update anyway
+TARGET_RTT_S = 0.4  # a round trip slower than this means the page is busy drawing: send fewer splats
+MIN_LIVE_SPLATS = 1_000  # the adaptive cap never goes below this while training
+FULL_AFTER_PAUSE_S = 1.0  # the whole scene goes out this long after a pause: the page shows the pause first
 
 GRID_Z = -0.62  # just under the procedural objects (they span [-0.6, 0.6]^3), so the grid reads as floor
 SERIES_COLOURS = ("#4263eb", "#e8590c", "#2b8a3e")
@@ -107,6 +112,8 @@ class SplatPacer:
         self._sent = self._answered = 0  # update counters: sent, and answered by every page
         self._sent_at = -math.inf
         self.last_rtt: float | None = None  # seconds from an update to the slowest page's answer
+        self.answered_at = -math.inf
+        self.answers = 0  # round trips completed (SceneView adapts its cap once per answer)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="studio-splat-pacer", daemon=True)
@@ -119,7 +126,10 @@ class SplatPacer:
 
     def ready(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        return self._answered >= self._sent or now - self._sent_at > self.timeout
+        if now - self._sent_at > self.timeout:
+            return True
+        idle = min(self.last_rtt or 0.0, 5.0)  # as long again to the page itself as its last answer took
+        return self._answered >= self._sent and now - self.answered_at >= idle
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,8 +151,10 @@ class SplatPacer:
                     client.local_storage.get_item("studio-splat-ack", timeout=remaining)
                 except (RuntimeError, TimeoutError):
                     pass  # gone, or too slow: not waited for longer
-            self.last_rtt = time.monotonic() - start
+            self.answered_at = time.monotonic()
+            self.last_rtt = self.answered_at - start
             self._answered = max(self._answered, seq)
+            self.answers += 1
 
 
 class SceneView:
@@ -156,6 +168,9 @@ class SceneView:
         self._last_splat_time = -math.inf
         self._last_splats: tuple[np.ndarray, ...] | None = None  # sent: means, scales, quats, rgbs, opacities
         self._source: tuple[np.ndarray, ...] | None = None  # the full scene those were taken from
+        self.live_limit = view.live_splats  # the adaptive cap while training (<= view.live_splats)
+        self._adapted = 0  # pacer answers already used to adapt live_limit
+        self._paused_since: float | None = None
         self._splats: viser.GaussianSplatHandle | None = None
         self._frusta: list[viser.CameraFrustumHandle] = []
         self._last_cams: np.ndarray | None = None
@@ -175,7 +190,14 @@ class SceneView:
         if now - self._last_splat_time < 1.0 / self.view.splat_hz or not self.pacer.ready(now):
             return
         if snap.splats is not None:
-            limit = 0 if snap.paused else self.view.live_splats
+            self._adapt()
+            if not snap.paused:
+                self._paused_since = None
+            elif self._paused_since is None:
+                self._paused_since = now
+            # A large update queued right behind the pause would keep the page drawing before it shows it.
+            whole = snap.paused and now - self._paused_since >= FULL_AFTER_PAUSE_S
+            limit = 0 if whole else self.live_limit
             full_changed = self._changed(self._source, snap.splats)
             partial = self._last_splats is not None and self._source is not None \
                 and self._last_splats[0].shape[0] < self._source[0].shape[0]
@@ -183,6 +205,23 @@ class SceneView:
                 self._send_splats(snap.splats, limit)
                 self._last_splat_time = now
         self._update_frusta(snap)
+
+    def _adapt(self) -> None:
+        """Lower the training-time cap after a slow round trip, raise it after a fast one."""
+        ceiling = self.view.live_splats
+        if ceiling <= 0:
+            self.live_limit = 0
+            return
+        if self.live_limit <= 0 or self.live_limit > ceiling:
+            self.live_limit = ceiling
+        if self.pacer.answers == self._adapted or self.pacer.last_rtt is None:
+            return
+        self._adapted = self.pacer.answers
+        rtt = self.pacer.last_rtt
+        if rtt > TARGET_RTT_S:
+            self.live_limit = max(min(MIN_LIVE_SPLATS, ceiling), int(self.live_limit * 0.6))
+        elif rtt < TARGET_RTT_S / 3:
+            self.live_limit = min(ceiling, int(self.live_limit * 1.5) + 1)
 
     def _over(self, limit: int) -> bool:
         """The last update holds more splats than `limit` allows now (the setting was lowered)."""
