@@ -132,13 +132,19 @@ def test_page_opened_before_the_first_step_plots_it_and_typing_commits_once(tmp_
                 return real_send(cmd)
 
             session.send = send
+            # Paused for the typing: Selenium waits for a busy page before each key, and keys a whole
+            # frame apart are, to the panel, typing that stopped (tests/test_viser_ui.py streams the
+            # values of a typed number over the wire while training).
+            session.send(C.Pause())
+            session.wait_for(lambda s: s.paused, 20)
+            time.sleep(1.5)
             box = page.wait(lambda: [e for e in page.driver.find_elements(By.CSS_SELECTOR, "input")
                                      if e.get_attribute("value") == "7.5" and e.is_displayed()], 10,
                              "the CFG scale box")[0]
             page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
             box.click()
             box.send_keys(Keys.CONTROL, "a")
-            type_slowly(box, "150")
+            type_slowly(box, "150", pause=0.03)  # not in a form: the throttle's trailing send has the last
             box.send_keys(Keys.ENTER)
             session.wait_for(lambda s: s.config.sds.guidance_scale == 150.0, 20)
             time.sleep(1.5)

@@ -242,8 +242,10 @@ def test_preset_picker_and_continue_at_the_end_of_the_plan(env):
     client.set_value(widget(studio, "ssd.guidance_scale"), 9.0)  # a field of the preset: it no longer matches
     eventually(lambda: picker.value == "custom", what="picker says custom")
 
-    it = session.snapshot.iteration
+    session.send(C.Pause())  # a snapshot trails the worker by a step or more: read the iteration paused
+    it = session.wait_for(lambda s: s.paused).iteration
     session.send(C.UpdateSettings({"run.steps": it + 3}))
+    session.send(C.Resume())
     done = session.wait_for(lambda s: s.done and s.paused, timeout=60)
     assert done.iteration == it + 3 and "done" in common.status_line(done)
     buttons = studio.panel.buttons

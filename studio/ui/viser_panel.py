@@ -38,7 +38,7 @@ from .common import (
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
 BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "continue": "green", "reset": "red", "step": "gray"}
 UPLOAD_LIMIT = 512 * 1024 * 1024
-COMMIT_QUIET_S = 0.6  # a "release" edit commits once its widget has been still this long
+COMMIT_QUIET_S = 0.8  # a "release" edit commits once its widget has been still this long
 SUBMIT_SETTLE_S = 0.25  # Enter acts this long after it arrives: the page sends it ahead of the last keystrokes
 
 
@@ -57,8 +57,10 @@ class PanelView:
 
     def __init__(self, server: viser.ViserServer, session: Session, notify: Notify,
                  on_export: Callable[[Any, C.Command], None], view: ViewSettings = ViewSettings(),
-                 on_view: Callable[[ViewSettings], None] = lambda v: None):
+                 on_view: Callable[[ViewSettings], None] = lambda v: None,
+                 page_delay: Callable[[], float] = lambda: 0.0):
         self.server, self.session, self.notify, self.on_export = server, session, notify, on_export
+        self.page_delay = page_delay  # seconds the slowest page takes to answer (its keys arrive that late)
         self.view, self.on_view = view, on_view
         self.widgets: dict[str, tuple[Control, Any]] = {}  # path -> (control, handle)
         self.buttons: dict[str, Any] = {}  # action -> handle
@@ -207,13 +209,15 @@ class PanelView:
 
     def commit_due(self, now: float | None = None) -> None:
         """Act on Enter in a folder (SUBMIT_SETTLE_S after it came) and commit the "release" edits that
-        have been still for COMMIT_QUIET_S."""
+        have been still for COMMIT_QUIET_S, or twice the slowest page's round trip if longer (a busy page
+        handles the next keys only after its frame: they arrive that late)."""
         now = time.monotonic() if now is None else now
         while self.submitted and now - self.submitted[0][2] >= SUBMIT_SETTLE_S:
             folder, client, _ = self.submitted.pop(0)
             self._submit(folder, client)
+        quiet = max(COMMIT_QUIET_S, 2.0 * self.page_delay())
         for path, (value, when, client) in list(self.pending.items()):
-            if now - when >= COMMIT_QUIET_S:
+            if now - when >= quiet:
                 self._commit_pending(path, when)
 
     def _commit_pending(self, path: str, when: float) -> None:

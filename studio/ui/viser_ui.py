@@ -127,7 +127,7 @@ class ViserStudio:
         self.status = gui.add_markdown("")
         self.progress = gui.add_progress_bar(0.0, color="blue")
         self.panel = PanelView(server, self.session, self.notify, self._expect_download, self._view,
-                               self.set_view)
+                               self.set_view, page_delay=lambda: min(self.scene.pacer.last_rtt or 0.0, 5.0))
         with gui.add_folder("View", expand_by_default=False):
             frusta = gui.add_checkbox("Training cameras", True, hint="the cameras of the last batch")
             frusta.on_update(lambda _: self.scene.set_frusta_visible(frusta.value))
