@@ -188,6 +188,20 @@ def config_value(control: Control, value: Any) -> Any:
     return value
 
 
+def control_command(control: Control, value: Any) -> C.Command:
+    """The command a committed edit of a config control sends (SetMethod for the estimator)."""
+    assert not control.is_view, control.path
+    if control.path == "run.method":
+        return C.SetMethod(value)
+    return C.UpdateSettings({control.path: config_value(control, value)})
+
+
+def view_with(view: Any, control: Control, value: Any) -> Any:
+    """ViewSettings with a viewer control's committed value (ConfigError naming the field and range)."""
+    assert control.is_view, control.path
+    return viewmod.with_view_values(view, {control.path: config_value(control, value)})
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Widget values are equal (floats within a relative 1e-9: widgets round-trip through JSON)."""
     if isinstance(a, tuple) and isinstance(b, tuple):

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import dearpygui.dearpygui as dpg
 
 from .. import commands as C
-from .. import view as viewmod
 from ..confio import ConfigError
 from ..controls import PANEL, READOUTS, Button, Control, FileInput, Folder, Picker, all_controls
 from ..session import Session
@@ -279,11 +278,7 @@ class Panel:
         cfg = self.session.config
         if common.same_value(value, common.widget_value(control, cfg)):
             return
-        if control.path == "run.method":
-            cmd: C.Command = C.SetMethod(value)
-        else:
-            cmd = C.UpdateSettings({control.path: common.config_value(control, value)})
-        if not self.send(cmd):
+        if not self.send(common.control_command(control, value)):
             self._show(control, self.session.config)
 
     def _commit_view(self, control: Control, value: Any) -> None:
@@ -291,8 +286,8 @@ class Panel:
         if common.same_value(value, common.widget_value(control, view)):
             return
         try:
-            new = viewmod.with_view_values(view, {control.path: common.config_value(control, value)})
-        except (ConfigError, ValueError) as e:
+            new = common.view_with(view, control, value)
+        except ConfigError as e:
             self.on_message("error", str(e))
             self._show(control, view)
             return

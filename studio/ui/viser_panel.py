@@ -28,11 +28,11 @@ from ..confio import ConfigError
 from ..controls import PANEL, READOUTS, Button, Control, FileInput, Folder, Picker, Readout
 from ..session import Session
 from ..snapshot import Snapshot
-from ..view import ViewSettings, with_view_values
+from ..view import ViewSettings
 from .common import (
-    button_commands, button_enabled, changed_paths, config_value, control_enabled, load_command, picker_command,
+    button_commands, button_enabled, changed_paths, control_command, control_enabled, load_command, picker_command,
     picker_options, picker_shown, prompt_applied_text, prompt_command, readout_text, same_value, slider_is_int,
-    widget_value,
+    view_with, widget_value,
 )
 
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
@@ -191,18 +191,14 @@ class PanelView:
         handle = self.widgets[control.path][1]
         if control.is_view:
             try:
-                self.view = with_view_values(self.view, {control.path: config_value(control, value)})
+                self.view = view_with(self.view, control, value)
             except ConfigError as e:
                 self.notify(client, "Refused", str(e), "error")
                 handle.value = widget_value(control, self.view)
                 return False
             self.on_view(self.view)
             return True
-        if control.path == "run.method":
-            cmd: C.Command = C.SetMethod(value)
-        else:
-            cmd = C.UpdateSettings({control.path: config_value(control, value)})
-        if self.send(cmd, client):
+        if self.send(control_command(control, value), client):
             return True
         handle.value = widget_value(control, self.session.config)
         return False
