@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +175,8 @@ class StudioConfig:
 
 
 def _check(name: str, value: float, lo: float, hi: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{name}: must lie in [{lo}, {hi}] (a finite number), got {confio.show(value)}")
     if not (lo <= value <= hi):
         raise ConfigError(f"{name}: must lie in [{lo}, {hi}], got {value}")
 
@@ -203,7 +206,8 @@ def to_json(cfg: StudioConfig) -> str:
 
 
 def from_json(text: str | dict, base: StudioConfig | None = None) -> StudioConfig:
-    data = json.loads(text) if isinstance(text, str) else text
+    """A validated config from JSON text or its parsed value over `base`; ConfigError for anything else."""
+    data = confio.parse_json(text) if isinstance(text, str) else text
     return validate(confio.from_dict(StudioConfig, data, base=base))
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import reprlib
 import types
 import typing
 from typing import Any, Literal, Union
@@ -18,14 +20,28 @@ class ConfigError(ValueError):
     """A setting that cannot be applied; the message names the field and what is allowed."""
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 2, 60, 60, 4, 4
+
+
+def show(value: Any) -> str:
+    """`repr(value)` cut short, for messages: a value from a file may be huge or nested deeply."""
+    try:
+        return _SHOW.repr(value)
+    except (ValueError, RecursionError):  # an int of more digits than Python will print
+        return f"<{type(value).__name__}>"
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _unknown(owner: str, key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=3)
+def _unknown(owner: str, key: Any, known: list[str]) -> ConfigError:
+    """`owner` "" is the top level, whose keys are sections."""
+    close = difflib.get_close_matches(key, known, n=3) if isinstance(key, str) else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{owner}: unknown setting {key!r}{hint} (known: {', '.join(known)})")
+    what = f"{owner}: unknown setting" if owner else "unknown section"
+    return ConfigError(f"{what} {show(key)}{hint} (known: {', '.join(known)})")
 
 
 def to_dict(obj: Any) -> Any:
@@ -44,7 +60,7 @@ def _parse_bool(name: str, value: Any) -> bool:
         return True
     if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    raise ConfigError(f"{name}: expected true or false, got {show(value)}")
 
 
 def coerce(name: str, tp: Any, value: Any) -> Any:
@@ -63,7 +79,7 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
                 return coerce(name, arg, value)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{name}: cannot be {value!r}")
+        raise ConfigError(errors[0] if errors else f"{name}: cannot be {show(value)}")
     if origin is Literal:
         for choice in args:
             if value == choice or str(value) == str(choice):
@@ -71,46 +87,54 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
         if {"on", "off"} <= set(args) and (isinstance(value, bool) or str(value).lower() in ("true", "false")):
             # auto / on / off switches that were booleans once (configs and checkpoints saved then)
             return "on" if _parse_bool(name, value) else "off"
-        raise ConfigError(f"{name}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        raise ConfigError(f"{name}: must be one of {', '.join(map(str, args))}, got {show(value)}")
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list like 1,2, got {value!r}")
+            raise ConfigError(f"{name}: expected a list like 1,2, got {show(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(name, args[0], v) for v in value)
         if len(value) != len(args):
-            raise ConfigError(f"{name}: expected {len(args)} values (e.g. lo,hi), got {len(value)}: {value!r}")
+            raise ConfigError(f"{name}: expected {len(args)} values (e.g. lo,hi), got {len(value)}: {show(value)}")
         return tuple(coerce(name, a, v) for a, v in zip(args, value))
     if tp is bool:
         return _parse_bool(name, value)
     if tp in (int, float, str):
+        if not isinstance(value, (str, int, float)):  # a table or a list from a file; str() would take it
+            raise ConfigError(f"{name}: expected {'text' if tp is str else 'a number'}, got {show(value)}")
         if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+            raise ConfigError(f"{name}: expected a whole number, got {show(value)}")
         if isinstance(value, bool) and tp is not str:
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {show(value)}")
         try:
             return tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
+        except OverflowError:  # int("1e400"): float() says inf, int() refuses it
+            raise ConfigError(f"{name}: expected a whole number, got {show(value)} (too large)") from None
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+            raise ConfigError(f"{name}: expected {tp.__name__}, got {show(value)}") from None
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a table of settings, got {value!r}")
+            raise ConfigError(f"{name}: expected a table of settings, got {show(value)}")
         return from_dict(tp, value, prefix=name)
     return value
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
     """Build dataclass `cls` from a (possibly partial) dict over `base` (default: cls's defaults)."""
+    if not isinstance(data, dict):  # a file's top level may be anything JSON holds
+        where = f"{prefix}: expected" if prefix else "expected"
+        raise ConfigError(f"{where} a table of settings like {{\"run\": {{\"steps\": 600}}}}, got "
+                          f"{type(data).__name__} {show(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     current = base if base is not None else cls()
     changes = {}
     for key, value in data.items():
         if key not in names:
-            raise _unknown(prefix or cls.__name__, key, names)
+            raise _unknown(prefix, key, names)
         full = f"{prefix}.{key}" if prefix else key
         tp = hints[key]
         if _is_dataclass_type(tp) and isinstance(value, dict):
@@ -155,11 +179,25 @@ def set_paths(cfg: Any, values: dict[str, Any]) -> Any:
     return from_dict(type(cfg), nested, base=cfg)
 
 
+def parse_json(text: str) -> Any:
+    """JSON text -> its value; ConfigError (one line) for text that is not JSON, or is nested or sized
+    beyond what Python's parser takes."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); a config is JSON "
+                          f"like the .json written next to every export") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise ConfigError(f"not a usable JSON config ({str(e).split(':')[0]})") from None
+    except RecursionError:
+        raise ConfigError("nested too deeply to be a config (sections hold settings, two levels)") from None
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """["a.b=1", "c=x"] -> {"a.b": "1", "c": "x"}; a missing '=' is a ConfigError."""
     out = {}
     for item in items:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set ism.delta_t=80")
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
