@@ -4,22 +4,29 @@ config to a Session and a front-end (browser, desktop window, or a headless run 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from . import config as cfgmod
-from .cli_errors import UsageError
+from .cli_errors import USAGE_ERRORS, Parser, UsageError, report
 from .commands import EXPORT_FORMATS
 from .confio import ConfigError
 from .view import ViewSettings, is_view_path, list_view_settings, with_view_values
-from .startup import check_listen, display_problem, headless_message, latest_checkpoint, resolve_run_dir
+from .startup import (check_address, check_device, check_init_ply, check_listen, display_problem, headless_message,
+                      remove_if_empty, resolve_run_dir, resume_checkpoint)
 
 UIS = ("viser", "desktop", "headless")
 
 
+def folder_arg(text: str) -> Path:
+    """A folder flag's value; empty is refused (Path("") would quietly mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a folder, e.g. --out out")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="app.py",
         description="Gaussian Dreamer Studio: text-to-3D Gaussians by score distillation (SDS, ISM, SSD).",
         epilog="Any config field can be set with --set section.field=value; "
@@ -37,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="training render size in pixels")
     p.add_argument("--batch", type=int, help="cameras per step")
     p.add_argument("--seed", type=int, help="seed of every random draw")
-    p.add_argument("--out", type=Path, default=Path("out"),
+    p.add_argument("--out", type=folder_arg, default=Path("out"),
                    help="output folder (default: ./out); each launch writes into a new run folder in it")
     p.add_argument("--export", default="ply",
                    help=f"comma-separated formats written at the end of a headless run: "
@@ -60,18 +67,19 @@ def settings_from_args(args: argparse.Namespace) -> tuple[cfgmod.StudioConfig, s
     the user set on the command line (a method switch leaves them alone)."""
     if args.resume:  # continue with the checkpoint's settings unless a flag says otherwise
         cfg = checkpoint_config(args.resume)
-    elif args.preset:
+    elif args.preset is not None:
         cfg = cfgmod.load_preset(args.preset)
     else:
         cfg = cfgmod.default_config(args.method)
     base = cfg
     if args.config:
         try:
-            cfg = cfgmod.from_json(args.config.read_text(), base=cfg)
-        except OSError as e:
-            raise UsageError(f"--config {args.config}: cannot read it ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--config {args.config}: not valid JSON ({e})") from None
+            data = cfgmod.confio.parse_json(read_config_file(args.config))
+            if isinstance(data, dict) and isinstance(data.get("config"), dict):  # an export's .json beside it
+                data = data["config"]
+            cfg = cfgmod.from_json(data, base=cfg)
+        except ConfigError as e:
+            raise UsageError(f"--config {args.config}: {e}") from None
     flags = {
         "prompt.prompt": args.prompt,
         "prompt.negative": args.negative,
@@ -96,18 +104,36 @@ def view_from_args(args: argparse.Namespace) -> ViewSettings:
     return with_view_values(ViewSettings(), values)
 
 
-def checkpoint_config(path: Path) -> cfgmod.StudioConfig:
-    from .atomic import ReadError
-    from .export import load_checkpoint
+CONFIG_MAX_BYTES = 1 << 20  # a config is a few kB; anything far larger is the wrong file
 
-    path = latest_checkpoint(path) if path.is_dir() else path
+
+def read_config_file(path: Path) -> str:
+    """The text of a `--config` file; UsageError if it is missing, not a regular file (a fifo or a device
+    would block or never end), too large or not UTF-8 text."""
+    if not path.exists():
+        raise UsageError(f"--config {path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"--config {path}: not a regular file; give a JSON config (as written next to every export)")
     try:
-        payload = load_checkpoint(path)
-    except (ReadError, OSError) as e:
-        raise UsageError(f"--resume {path}: {e}") from None
-    if not isinstance(payload, dict) or "config" not in payload:
-        raise UsageError(f"--resume {path}: not a studio checkpoint")
-    return cfgmod.from_json(payload["config"])
+        if path.stat().st_size > CONFIG_MAX_BYTES:
+            raise UsageError(f"--config {path}: larger than {CONFIG_MAX_BYTES >> 20} MiB; a JSON config is a few kB")
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path}: not a text file; a config is JSON (as written next to every export)") from None
+
+
+def checkpoint_config(path: Path) -> cfgmod.StudioConfig:
+    """The settings of the checkpoint `--resume` names, its parts checked for shape before any model loads."""
+    from .commands import CommandError
+    from .handlers import checkpoint_config as payload_config, read_checkpoint
+
+    path = resume_checkpoint(path)
+    try:
+        return payload_config(read_checkpoint(path), path)
+    except CommandError as e:
+        raise UsageError(f"--resume: {str(e).removeprefix('load: ')}") from None
 
 
 def parse_exports(text: str) -> tuple[str, ...]:
@@ -135,40 +161,41 @@ def list_settings() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_settings:
-        print(list_settings())
-        return 0
-    run_dir = None
+    """Bad input of any kind (a flag, a --set, a --config or --resume file, an init PLY, a device, an
+    address) is one `error:` line and exit status 2, found before any model loads; other exceptions are
+    bugs and keep their traceback. A launch that fails leaves no empty run folder behind."""
+    new_run_dir = None
     try:
+        args = build_parser().parse_args(argv)
+        if args.list_settings:
+            print(list_settings())
+            return 0
+        ui = args.ui or "viser"
+        check_address(args.host, args.port)
         cfg, user_set = settings_from_args(args)
         view = view_from_args(args)
         exports = parse_exports(args.export)
-        ui = args.ui or "viser"
         if ui == "desktop" and (problem := display_problem()) is not None:
             print(headless_message(problem, args.port), file=sys.stderr)
             return 2
         if ui == "viser":
             check_listen(args.host, args.port)
-            if args.host not in ("127.0.0.1", "localhost", "::1"):
-                print(f"warning: binding {args.host}: the studio has no authentication; anyone who can reach "
-                      f"this address can drive it", file=sys.stderr)
+        if cfg.init.kind == "ply" and (args.resume is None or any(p.startswith("init.") for p in user_set)):
+            check_init_ply(cfg.init.path)
+        check_device(cfg)
         # Before any model loads: a run folder that can be written (a new one, or the resumed run's).
         run_dir, resume = resolve_run_dir(args.out, args.resume)
-        from .run import run  # heavy imports (torch, diffusers) only after the arguments are good
+        if resume is None or run_dir != resume.parent:
+            new_run_dir = run_dir
+        if ui == "viser" and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: binding {args.host}: the studio has no authentication; anyone who can reach "
+                  f"this address can drive it", file=sys.stderr)
+        from .run import run  # heavy imports (diffusers, the front-ends) only after the arguments are good
 
         return run(cfg, ui=ui, out_dir=run_dir, exports=exports, resume=resume, host=args.host,
                    port=args.port, progress=not args.no_progress, user_set=user_set, view=view)
-    except (UsageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if run_dir is not None and args.resume is None:
-            remove_if_empty(run_dir)  # nothing ran: leave no empty run folder behind
-        return 2
-
-
-def remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty (metrics were written), or gone: keep what is there
+    except USAGE_ERRORS as e:
+        return report(e)
+    finally:
+        if new_run_dir is not None:
+            remove_if_empty(new_run_dir)  # nothing ran (or the launch failed): leave no empty run folder

@@ -26,7 +26,7 @@ def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], 
         view: ViewSettings = ViewSettings()) -> int:
     try:
         session = Session(cfg, out_dir, paused=(ui != "headless"), user_set=user_set)
-    except (PriorError, RuntimeError) as e:  # a missing model, gsplat without CUDA: one line, exit 2
+    except PriorError as e:  # a missing model: one line, exit 2 (the renderer and device: startup.check_device)
         raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if resume is not None:
         resume_from(session, resume, cfg)
