@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--resolution", "24", "--batch", "2", "--set", "init.num=200", "--set", "run.psnr_every=5",
@@ -38,26 +40,6 @@ def test_help_documents_every_flag():
         assert flag in out, flag
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--set", "ism.delta_t=-3"], "ism.delta_t"),
-        (["--set", "ism.delta_tt=3"], "did you mean delta_t"),
-        (["--steps", "0"], "run.steps"),
-        (["--preset", "nope"], "unknown preset"),
-        (["--export", "obj"], "--export"),
-        (["--prompt", "a flying teapot"], "Known prompts"),
-        (["--set", "oops"], "key=value"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
-    r = app("--ui", "headless", "--out", str(tmp_path), *args)
-    assert r.returncode == 2, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
-    assert list(tmp_path.iterdir()) == []  # no run folder left behind
-
-
 def test_headless_run_writes_metrics_exports_and_resumes(tmp_path):
     r = app("--ui", "headless", "--steps", "10", "--out", str(tmp_path), "--export", "ply,checkpoint,gif",
             *SMALL)
@@ -84,8 +66,10 @@ def test_headless_run_writes_metrics_exports_and_resumes(tmp_path):
     rows = metric_rows(out)
     assert [(row["segment"], row["step"]) for row in rows[10:]] == [(2, s) for s in range(11, 15)]
 
-    # A new launch never appends to an old run: it gets a folder of its own.
-    r3 = app("--ui", "headless", "--steps", "2", "--out", str(tmp_path), "--export", "none", *SMALL)
+    # A new launch never appends to an old run: it gets a folder of its own. (The .json beside an export
+    # is a --config: flags still win over it.)
+    r3 = app("--ui", "headless", "--config", str(out / (ply.name + ".json")), "--steps", "2", "--out", str(tmp_path),
+             "--export", "none", *SMALL)
     assert r3.returncode == 0, r3.stderr
     runs = sorted(tmp_path.glob("run-*"))
     assert len(runs) == 2 and len(metric_rows(out)) == 14
@@ -118,39 +102,167 @@ def test_headless_run_on_a_stable_diffusion_folder(tmp_path):
     assert next(out.glob("*.ply")).stat().st_size > 0
 
 
-# ----- start-up checks: one line, exit 2, before any model loads --------------------------------------------
-def _busy_port():
+# ----- bad input: one line, exit 2, before any model loads ---------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    """One folder of files that are wrong in every way a user's file can be."""
+    d = tmp_path_factory.mktemp("bad_files")
+    (d / "binary.json").write_bytes(bytes(range(256)) * 4)
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (d / "deep_table.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    (d / "list.json").write_text("[1, 2]")
+    (d / "string.json").write_text('"a red cube"')
+    (d / "number.json").write_text("3")
+    (d / "unknown_section.json").write_text('{"foo": {"bar": 1}}')
+    (d / "unknown_field.json").write_text('{"run": {"bar": 1}}')
+    (d / "nan.json").write_text('{"run": {"grad_clip": NaN}}')
+    (d / "huge_int.json").write_text('{"run": {"steps": 1' + "0" * 5000 + "}}")
+    (d / "text_is_a_table.json").write_text('{"prompt": {"prompt": {"a": 1}}}')
+    (d / "a.toml").write_text("[run]\nsteps = 3\n")
+    (d / "a_folder").mkdir()
+    (d / "run-no-checkpoint").mkdir()
+    (d / "a_file").write_text("not a folder")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "garbage.pt").write_bytes(b"\x00garbage\xff" * 100)
+    torch.save({"a": 1}, d / "other.pt")
+    torch.save({"format": "gaussian-dreamer-studio/checkpoint-1", "config": {"foo": 1}}, d / "bad_config.pt")
+    (d / "text.ply").write_text("hello world\n")
+    (d / "empty.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                                 "property float z\nend_header\n")
+    (d / "no_xyz.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float q\nend_header\n1\n")
+    os.mkfifo(d / "fifo")
+    return d
+
+
+@pytest.fixture
+def busy_port():
     import socket
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(1)
-    return s
+    yield s.getsockname()[1]
+    s.close()
 
 
-@pytest.mark.parametrize("what", ["out under a file", "port out of range", "negative port", "bad host",
-                                  "port in use", "resume missing"])
-def test_bad_out_host_port_fail_fast(tmp_path, what):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    busy = _busy_port()
-    args, words = {
-        "out under a file": (["--ui", "headless", "--out", str(blocker / "out")], "--out"),
-        "port out of range": (["--port", "70000", "--out", str(tmp_path / "o")], "--port"),
-        "negative port": (["--port", "-1", "--out", str(tmp_path / "o")], "--port"),
-        "bad host": (["--host", "256.0.0.1", "--out", str(tmp_path / "o")], "--host 256.0.0.1"),
-        "port in use": (["--port", str(busy.getsockname()[1]), "--out", str(tmp_path / "o")], "another --port"),
-        "resume missing": (["--ui", "headless", "--resume", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")],
-                           "--resume"),
-    }[what]
-    try:
-        r = app(*args, timeout=60)
-    finally:
-        busy.close()
-    assert r.returncode == 2, r.stderr
+# (case, arguments after `--ui headless --out <tmp>/out --steps 2`, words the one line must hold); {f} is the
+# bad_files folder, {port} a port something listens on. Later flags win, so a case may pick --ui or --out.
+BAD_INPUT = [
+    ("set out of range", ["--set", "ism.delta_t=-3"], "ism.delta_t"),
+    ("set misspelt", ["--set", "ism.delta_tt=3"], "did you mean delta_t"),
+    ("set without =", ["--set", "oops"], "key=value"),
+    ("set without key", ["--set", "=3"], "key=value"),
+    ("set int overflow", ["--set", "run.steps=1e400"], "run.steps"),
+    ("set float nan", ["--set", "run.grad_clip=nan"], "run.grad_clip: must lie in [0.0, 1000000.0]"),
+    ("set float inf", ["--set", "init.radius=inf"], "init.radius: must lie in [0.001, 100.0]"),
+    ("set float -inf", ["--set", "optim.betas=-inf,0.9"], "optim.betas"),
+    ("set range nan", ["--set", "sds.t_range=nan,1"], "sds.t_range"),
+    ("set view nan", ["--set", "view.max_hz=nan"], "view.max_hz"),
+    ("set unknown section", ["--set", "foo.bar=1"], "foo.bar: unknown setting 'foo'"),
+    ("set unknown field", ["--set", "run.bar=1"], "run.bar: unknown setting 'bar'"),
+    ("set wrong type", ["--set", "run.steps=abc"], "run.steps: expected int"),
+    ("set section as value", ["--set", "run=3"], "run: expected a table"),
+    ("set bad choice", ["--set", "run.method=x"], "run.method: must be one of sds, ism, ssd"),
+    ("steps 0", ["--steps", "0"], "run.steps"),
+    ("steps not a number", ["--steps", "many"], "--steps"),
+    ("resolution 0", ["--resolution", "0"], "render.resolution"),
+    ("batch too big", ["--batch", "1000"], "render.batch"),
+    ("seed negative", ["--seed", "-1"], "run.seed"),
+    ("prompt empty", ["--prompt", ""], "prompt.prompt"),
+    ("prompt unknown", ["--prompt", "a flying teapot"], "Known prompts"),
+    ("model empty", ["--model", ""], "prior.model"),
+    ("preset unknown", ["--preset", "nope"], "unknown preset"),
+    ("preset empty", ["--preset", ""], "--preset"),
+    ("method unknown", ["--method", "x"], "--method"),
+    ("ui unknown", ["--ui", "x"], "--ui"),
+    ("flag unknown", ["--frobnicate"], "--frobnicate"),
+    ("export unknown", ["--export", "obj"], "--export"),
+    ("out empty", ["--out", ""], "--out"),
+    ("out under a file", ["--out", "{f}/a_file/out"], "--out"),
+    ("config binary", ["--config", "{f}/binary.json"], "--config"),
+    ("config deep list", ["--config", "{f}/deep.json"], "--config"),
+    ("config deep table", ["--config", "{f}/deep_table.json"], "--config"),
+    ("config list", ["--config", "{f}/list.json"], "--config"),
+    ("config string", ["--config", "{f}/string.json"], "--config"),
+    ("config number", ["--config", "{f}/number.json"], "--config"),
+    ("config unknown section", ["--config", "{f}/unknown_section.json"], "unknown section 'foo'"),
+    ("config unknown field", ["--config", "{f}/unknown_field.json"], "run: unknown setting 'bar'"),
+    ("config nan", ["--config", "{f}/nan.json"], "run.grad_clip"),
+    ("config huge int", ["--config", "{f}/huge_int.json"], "--config"),
+    ("config table for text", ["--config", "{f}/text_is_a_table.json"], "prompt.prompt"),
+    ("config toml", ["--config", "{f}/a.toml"], "not valid JSON"),
+    ("config missing", ["--config", "{f}/none.json"], "--config"),
+    ("config folder", ["--config", "{f}/a_folder"], "--config"),
+    ("config fifo", ["--config", "{f}/fifo"], "--config"),
+    ("resume missing", ["--resume", "{f}/none.pt"], "--resume"),
+    ("resume empty file", ["--resume", "{f}/empty.pt"], "--resume"),
+    ("resume garbage", ["--resume", "{f}/garbage.pt"], "--resume"),
+    ("resume not a checkpoint", ["--resume", "{f}/other.pt"], "--resume"),
+    ("resume bad settings", ["--resume", "{f}/bad_config.pt"], "--resume"),
+    ("resume run folder without checkpoint", ["--resume", "{f}/run-no-checkpoint"], "--resume"),
+    ("resume other folder", ["--resume", "{f}/a_folder"], "--resume"),
+    ("resume fifo", ["--resume", "{f}/fifo"], "--resume"),
+    ("init ply missing", ["--set", "init.kind=ply", "--set", "init.path={f}/none.ply"], "init.path"),
+    ("init ply not a ply", ["--set", "init.kind=ply", "--set", "init.path={f}/text.ply"], "init.path"),
+    ("init ply empty", ["--set", "init.kind=ply", "--set", "init.path={f}/empty.ply"], "init.path"),
+    ("init ply no xyz", ["--set", "init.kind=ply", "--set", "init.path={f}/no_xyz.ply"], "init.path"),
+    ("init ply folder", ["--set", "init.kind=ply", "--set", "init.path={f}/a_folder"], "init.path"),
+    ("init ply without path", ["--set", "init.kind=ply"], "init.path"),
+    ("mcmc on cpu", ["--renderer", "cpu", "--set", "densify.strategy=mcmc"], "densify.strategy"),
+    ("port too large", ["--port", "70000"], "--port: must lie in [1, 65535]"),
+    ("port negative", ["--port", "-1"], "--port: must lie in [1, 65535]"),
+    ("port not a number", ["--port", "http"], "--port"),
+    ("host not ipv4", ["--host", "256.0.0.1"], "--host 256.0.0.1"),
+    ("host not ipv6", ["--host", "::zz"], "--host"),
+    ("host empty", ["--host", ""], "--host"),
+    ("viser port too large", ["--ui", "viser", "--port", "70000"], "--port"),
+    ("viser host not ipv4", ["--ui", "viser", "--host", "256.0.0.1"], "--host 256.0.0.1"),
+    ("viser host elsewhere", ["--ui", "viser", "--host", "192.0.2.1"], "--host 192.0.2.1"),
+    ("viser port in use", ["--ui", "viser", "--port", "{port}"], "another --port"),
+]
+
+
+GSPLAT_WITHOUT_CUDA = pytest.param("gsplat without cuda", ["--renderer", "gsplat"], "gsplat", id="gsplat without cuda",
+                                   marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here: gsplat runs"))
+
+
+@pytest.mark.parametrize("case, args, words", [pytest.param(*c, id=c[0]) for c in BAD_INPUT] + [GSPLAT_WITHOUT_CUDA])
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, bad_files, busy_port, case, args, words):
+    out = tmp_path / "out"
+    args = [a.format(f=bad_files, port=busy_port) for a in args]
+    r = app("--ui", "headless", "--out", str(out), "--steps", "2", *args, timeout=60)  # a hang fails here
     lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not list(tmp_path.rglob("run-*")) and not list(bad_files.glob("*/run-*")), case
+
+
+def test_a_host_name_that_does_not_resolve_in_time_is_refused(monkeypatch):
+    import time
+
+    from studio import startup
+    from studio.cli_errors import UsageError
+
+    monkeypatch.setattr(startup, "RESOLVE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(startup.socket, "getaddrinfo", lambda *a, **k: time.sleep(5))  # a DNS server that hangs
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"--host slow\.example: the name did not resolve within 0\.2 s"):
+        startup.check_listen("slow.example", 8080)
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_bug_keeps_its_traceback_and_leaves_no_run_folder(tmp_path, monkeypatch):
+    """Only bad input is one line: an unexpected exception propagates (app.py shows its traceback)."""
+    from studio import cli, run
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(run, "run", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--ui", "headless", "--out", str(tmp_path), "--steps", "2"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def _tmpfs(path: Path, size: str) -> None:
