@@ -76,6 +76,8 @@ def prepare(cmd: C.Command, base: StudioConfig, user_set: frozenset[str], ctx: S
         if bad or not cmd.formats:
             raise C.CommandError(f"export: formats must be among {', '.join(C.EXPORT_FORMATS)}, got "
                                  f"{', '.join(cmd.formats) or 'none'}")
+        if cmd.name is not None:
+            _check_export_name(cmd.name)
         _check_dir(Path(cmd.out_dir) if cmd.out_dir else ctx.out_dir, "export")
     if isinstance(cmd, C.SaveCheckpoint) and cmd.path:
         _check_dir(Path(cmd.path).parent, "checkpoint")
@@ -93,6 +95,14 @@ def prepare(cmd: C.Command, base: StudioConfig, user_set: frozenset[str], ctx: S
         new = replace(base, init=replace(base.init, kind="ply", path=str(cmd.path)))
         return Prepared(cmd, base, new, user_set)
     return Prepared(cmd, base, base, user_set)
+
+
+def _check_export_name(name: str) -> None:
+    """An export's name is a file stem inside its folder: no folders, no hidden or control characters."""
+    if (not name or len(name) > 200 or name.startswith(".") or any(c in name for c in "/\\")
+            or not name.isprintable()):
+        raise C.CommandError(f"export: name must be a plain file name (up to 200 printable characters, no "
+                             f"'/', '\\' or leading '.'), got {name[:60]!r}")
 
 
 def _settings_values(cmd: C.Command, base: StudioConfig, user_set: frozenset[str],

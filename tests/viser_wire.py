@@ -21,10 +21,11 @@ from websockets.sync.client import connect
 
 
 class WireClient:
-    def __init__(self, port: int, answer_reads: bool = True):
+    def __init__(self, port: int, answer_reads: bool = True, origin: str | None = None):
+        """`origin`: the Origin header a browser sends (a page's scheme://host:port); None sends none."""
         self.answer_reads = answer_reads
         self.ws = connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"],
-                          max_size=None, open_timeout=10)
+                          max_size=None, open_timeout=10, origin=origin)
         self.messages: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._receive, daemon=True)
@@ -72,10 +73,20 @@ class WireClient:
 
     def upload(self, handle: Any, filename: str, content: bytes) -> None:
         """Pick a file in an upload button, as the page sends it (one part)."""
-        common = {"source_component_uuid": handle._impl.uuid, "transfer_uuid": f"upload-{filename}"}
+        self.upload_parts(handle, filename, [content])
+
+    def upload_parts(self, handle: Any, filename: str, parts: Any, size_bytes: int | None = None,
+                     part_count: int | None = None) -> None:
+        """An upload in parts (an iterable of bytes, sent in order). `size_bytes` / `part_count` are
+        what the start message announces (default: the truth), so a lying client can be played."""
+        parts = list(parts) if size_bytes is None or part_count is None else parts
+        common = {"source_component_uuid": handle._impl.uuid, "transfer_uuid": f"upload-{filename}-{time.time()}"}
         self._send({"type": "FileTransferStartUpload", **common, "filename": filename,
-                    "mime_type": "application/octet-stream", "part_count": 1, "size_bytes": len(content)})
-        self._send({"type": "FileTransferPart", **common, "part_index": 0, "content": content})
+                    "mime_type": "application/octet-stream",
+                    "part_count": len(parts) if part_count is None else part_count,
+                    "size_bytes": sum(map(len, parts)) if size_bytes is None else size_bytes})
+        for i, content in enumerate(parts):
+            self._send({"type": "FileTransferPart", **common, "part_index": i, "content": content})
 
     # ----- what the page receives -------------------------------------------------------------------
     def received(self, type_name: str, where: Callable[[dict], bool] = lambda m: True) -> list[dict]:

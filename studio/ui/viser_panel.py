@@ -29,6 +29,7 @@ from ..controls import PANEL, READOUTS, Button, Control, FileInput, Folder, Pick
 from ..session import Session
 from ..snapshot import Snapshot
 from ..view import ViewSettings
+from .viser_guard import UPLOAD_LIMIT, UploadReceiver, confined
 from .common import (
     button_commands, button_enabled, changed_paths, control_command, control_enabled, load_command, picker_command,
     picker_options, picker_shown, prompt_applied_text, prompt_command, readout_text, same_value, slider_is_int,
@@ -37,7 +38,6 @@ from .common import (
 
 Notify = Callable[[Any, str, str, str], None]  # (client or None, title, body, level)
 BUTTON_COLOURS = {"pause": "yellow", "resume": "green", "continue": "green", "reset": "red", "step": "gray"}
-UPLOAD_LIMIT = 512 * 1024 * 1024
 COMMIT_QUIET_S = 0.8  # a "release" edit commits once its widget has been still this long
 SUBMIT_SETTLE_S = 0.25  # Enter acts this long after it arrives: the page sends it ahead of the last keystrokes
 
@@ -58,7 +58,8 @@ class PanelView:
     def __init__(self, server: viser.ViserServer, session: Session, notify: Notify,
                  on_export: Callable[[Any, C.Command], None], view: ViewSettings = ViewSettings(),
                  on_view: Callable[[ViewSettings], None] = lambda v: None,
-                 page_delay: Callable[[], float] = lambda: 0.0):
+                 page_delay: Callable[[], float] = lambda: 0.0, upload_limit: int = UPLOAD_LIMIT):
+        self.upload_limit = upload_limit
         self.server, self.session, self.notify, self.on_export = server, session, notify, on_export
         self.page_delay = page_delay  # seconds the slowest page takes to answer (its keys arrive that late)
         self.view, self.on_view = view, on_view
@@ -158,7 +159,9 @@ class PanelView:
         self.load_button.on_click(lambda event: self.load(self.load_path.value, event.client))
         self.upload = gui.add_upload_button(f"Upload {' / '.join(item.suffixes)}", mime_type="*/*",
                                             hint=f"send {item.help} from this computer and continue from it")
-        self.upload.on_upload(lambda event: self._on_upload(event.client))
+        self.uploads = UploadReceiver(server=self.server, button=self.upload, folder=self.upload_folder,
+                                      on_done=self._on_upload, on_refused=self._upload_refused,
+                                      limit=self.upload_limit)
 
     # ----- callbacks (viser's thread pool) ----------------------------------------------------------
     def send(self, cmd: C.Command, client: Any) -> bool:
@@ -271,35 +274,33 @@ class PanelView:
             if not self.send(cmd, client):
                 return
 
+    def upload_folder(self) -> Path:
+        return self.session.out_dir / "uploads"
+
+    def open_roots(self) -> list[Path]:
+        """The folders a page may open files from: the output folder that holds this run's folder (its
+        sibling runs too), or the run folder itself when it stands alone; uploads land inside it."""
+        run = self.session.out_dir
+        return [run.parent if run.name.startswith("run-") else run]
+
     def load(self, path: str, client: Any) -> None:
         try:
-            cmd = load_command(path)
+            cmd = load_command(confined(path, self.open_roots()) if path.strip() else path)
         except C.CommandError as e:
             self.notify(client, "Load", str(e), "error")
             return
         self.send(cmd, client)
 
-    def _on_upload(self, client: Any) -> None:
-        file = self.upload.value
-        name = Path(file.name).name
-        if len(file.content) > UPLOAD_LIMIT:
-            self.notify(client, "Upload", f"{name} is larger than {UPLOAD_LIMIT >> 20} MB", "error")
-            return
-        target = self.session.out_dir / "uploads" / name
-        try:
-            load_command(target)  # refuse other suffixes before writing anything
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.content)
-        except C.CommandError as e:
-            self.notify(client, "Upload", str(e), "error")
-            return
-        except OSError as e:
-            self.notify(client, "Upload", f"could not save {name} under {target.parent}: {e.strerror}", "error")
-            return
-        self.load_path.value = str(target)
-        self.load(str(target), client)
+    def _on_upload(self, client: Any, path: Path) -> None:
+        """A complete upload, renamed into the uploads folder: show its path and load it."""
+        self.load_path.value = str(path)
+        if client is not None:
+            self.load(str(path), client)
 
-    # ----- UI thread --------------------------------------------------------------------------------
+    def _upload_refused(self, client: Any, text: str) -> None:
+        if client is not None:  # a page that left hears nothing
+            self.notify(client, "Upload", text, "error")
+
     def sync(self) -> None:
         """Show the session's requested config in every widget whose value it changed since last shown
         (a widget holding an edit not yet committed keeps it)."""

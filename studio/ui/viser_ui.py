@@ -31,6 +31,7 @@ from ..session import Session
 from ..snapshot import Event
 from ..view import ViewSettings
 from .common import EventTracker, progress_percent, status_parts, window_title
+from .viser_guard import UPLOAD_LIMIT, OriginGuard, guarded_serving
 from .viser_panel import PanelView
 from .viser_scene import LiveView, SceneView
 
@@ -75,11 +76,16 @@ class ViserStudio:
         poll_hz: how often the UI thread reads the snapshot.
         view: the viewer settings (view.splat_hz, view.live_splats, view.mode); the View folder changes
             them live.
+        allow_origins: origins (scheme://host[:port]) besides the studio's own whose pages may connect
+            (viser_guard.py: any other page is refused)
+        upload_limit: the most bytes one upload may have
     """
 
     def __init__(self, session: Session, host: str = "127.0.0.1", port: int = 8080, *,
-                 poll_hz: float = 10.0, view: ViewSettings = ViewSettings(), verbose: bool = False):
+                 poll_hz: float = 10.0, view: ViewSettings = ViewSettings(), verbose: bool = False,
+                 allow_origins: tuple[str, ...] = (), upload_limit: int = UPLOAD_LIMIT):
         self.session, self.host, self.requested_port = session, host, port
+        self.guard, self.upload_limit = OriginGuard(tuple(allow_origins)), upload_limit
         self.poll_period, self.verbose = 1.0 / poll_hz, verbose
         self._view = view.validate()
         self.server: viser.ViserServer | None = None
@@ -106,8 +112,9 @@ class ViserStudio:
     # ----- life cycle -------------------------------------------------------------------------------
     def start(self) -> "ViserStudio":
         """Bind the server, build the page and start the UI thread (returns at once)."""
-        server = viser.ViserServer(host=self.host, port=self.requested_port, verbose=self.verbose,
-                                   label="Gaussian Dreamer Studio")
+        with guarded_serving(self.guard):
+            server = viser.ViserServer(host=self.host, port=self.requested_port, verbose=self.verbose,
+                                       label="Gaussian Dreamer Studio")
         self.server = server
         server.gui.configure_theme(show_share_button=False, brand_color=(66, 99, 235), control_width="medium")
         server.initial_camera.position = (2.2, -2.2, 1.55)
@@ -127,7 +134,8 @@ class ViserStudio:
         self.status = gui.add_markdown("")
         self.progress = gui.add_progress_bar(0.0, color="blue")
         self.panel = PanelView(server, self.session, self.notify, self._expect_download, self._view,
-                               self.set_view, page_delay=lambda: min(self.scene.pacer.last_rtt or 0.0, 5.0))
+                               self.set_view, page_delay=lambda: min(self.scene.pacer.last_rtt or 0.0, 5.0),
+                               upload_limit=self.upload_limit)
         with gui.add_folder("View", expand_by_default=False):
             frusta = gui.add_checkbox("Training cameras", True, hint="the cameras of the last batch")
             frusta.on_update(lambda _: self.scene.set_frusta_visible(frusta.value))
@@ -263,7 +271,8 @@ class ViserStudio:
 
 
 def serve(session: Session, host: str = "127.0.0.1", port: int = 8080,
-          stop: threading.Event | None = None, view: ViewSettings = ViewSettings()) -> int:
+          stop: threading.Event | None = None, view: ViewSettings = ViewSettings(),
+          allow_origins: tuple[str, ...] = ()) -> int:
     """Run the browser studio until Ctrl-C / SIGTERM (`stop`, see studio.signals): start training, print
     the address, block; on the way out stop the worker and write a checkpoint if the scene changed.
 
@@ -274,7 +283,7 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8080,
     studio: ViserStudio | None = None
     status = 0
     try:
-        studio = ViserStudio(session, host, port, view=view).start()
+        studio = ViserStudio(session, host, port, view=view, allow_origins=allow_origins).start()
         session.start()
         session.send(C.Resume())
         print(f"Gaussian Dreamer Studio: open {studio.url} in a browser (Ctrl-C to quit)", flush=True)
