@@ -77,7 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[cfgmod.StudioConfig, s
             data = cfgmod.confio.parse_json(read_config_file(args.config))
             if isinstance(data, dict) and isinstance(data.get("config"), dict):  # an export's .json beside it
                 data = data["config"]
-            cfg = cfgmod.from_json(data, base=cfg)
+            cfg = cfgmod.validate(cfgmod.confio.from_dict(cfgmod.StudioConfig, data, base=cfg))  # data: any JSON
         except ConfigError as e:
             raise UsageError(f"--config {args.config}: {e}") from None
     flags = {
