@@ -125,7 +125,10 @@ def bad_files(tmp_path_factory) -> Path:
     (d / "empty.pt").write_bytes(b"")
     (d / "garbage.pt").write_bytes(b"\x00garbage\xff" * 100)
     torch.save({"a": 1}, d / "other.pt")
-    torch.save({"format": "gaussian-dreamer-studio/checkpoint-1", "config": {"foo": 1}}, d / "bad_config.pt")
+    trainer = {k: 0 for k in ("iteration", "scene", "estimators", "sampler_rng", "bg_rng", "torch_rng")}
+    torch.save({"format": "gaussian-dreamer-studio/checkpoint-1", "config": {"foo": 1}, "trainer": trainer,
+                "metrics": {"history": {}}}, d / "bad_config.pt")
+    torch.save({"format": "gaussian-dreamer-studio/checkpoint-1", "config": {}}, d / "no_trainer.pt")
     (d / "text.ply").write_text("hello world\n")
     (d / "empty.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
                                  "property float z\nend_header\n")
@@ -183,7 +186,7 @@ BAD_INPUT = [
     ("config deep list", ["--config", "{f}/deep.json"], "--config"),
     ("config deep table", ["--config", "{f}/deep_table.json"], "--config"),
     ("config list", ["--config", "{f}/list.json"], "--config"),
-    ("config string", ["--config", "{f}/string.json"], "--config"),
+    ("config string", ["--config", "{f}/string.json"], "got str 'a red cube'"),
     ("config number", ["--config", "{f}/number.json"], "--config"),
     ("config unknown section", ["--config", "{f}/unknown_section.json"], "unknown section 'foo'"),
     ("config unknown field", ["--config", "{f}/unknown_field.json"], "run: unknown setting 'bar'"),
@@ -198,7 +201,8 @@ BAD_INPUT = [
     ("resume empty file", ["--resume", "{f}/empty.pt"], "--resume"),
     ("resume garbage", ["--resume", "{f}/garbage.pt"], "--resume"),
     ("resume not a checkpoint", ["--resume", "{f}/other.pt"], "--resume"),
-    ("resume bad settings", ["--resume", "{f}/bad_config.pt"], "--resume"),
+    ("resume bad settings", ["--resume", "{f}/bad_config.pt"], "unknown section 'foo'"),
+    ("resume no trainer", ["--resume", "{f}/no_trainer.pt"], "trainer state lacks"),
     ("resume run folder without checkpoint", ["--resume", "{f}/run-no-checkpoint"], "--resume"),
     ("resume other folder", ["--resume", "{f}/a_folder"], "--resume"),
     ("resume fifo", ["--resume", "{f}/fifo"], "--resume"),
