@@ -66,6 +66,11 @@ class RunSettings:
     """procedural prior: psnr_ref also at the viewer's resolution every this many steps (0: never)"""
     view_resolution: int = 256
     """procedural prior: render size of that viewer-resolution psnr_ref, in pixels"""
+    skip_pause_share: float = 0.5
+    """pause when more than this share of the last run.skip_window steps were skipped for non-finite
+    gradients (headless runs exit with status 1); 1: never"""
+    skip_window: int = 20
+    """how many recent steps run.skip_pause_share looks at"""
 
     def validate(self) -> None:
         _check("run.steps", self.steps, 1, 1_000_000)
@@ -76,6 +81,8 @@ class RunSettings:
         _check("run.publish_hz", self.publish_hz, 0.1, 120.0)
         _check("run.psnr_every", self.psnr_every, 0, 100_000)
         _check("run.grad_clip", self.grad_clip, 0.0, 1e6)
+        _check("run.skip_pause_share", self.skip_pause_share, 0.0, 1.0)
+        _check("run.skip_window", self.skip_window, 1, 10_000)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .view import ViewSettings
 
 def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], resume: Path | None,
         host: str, port: int, progress: bool = True, user_set: Iterable[str] = (),
-        view: ViewSettings = ViewSettings()) -> int:
+        view: ViewSettings = ViewSettings(), allow_origins: tuple[str, ...] = ()) -> int:
     try:
         session = Session(cfg, out_dir, paused=(ui != "headless"), user_set=user_set)
     except PriorError as e:  # a missing model: one line, exit 2 (the renderer and device: startup.check_device)
@@ -37,7 +37,7 @@ def run(cfg: StudioConfig, *, ui: str, out_dir: Path, exports: tuple[str, ...], 
         if ui == "viser":
             from .ui.viser_ui import serve
 
-            status = serve(session, host=host, port=port, stop=stop, view=view)
+            status = serve(session, host=host, port=port, stop=stop, view=view, allow_origins=allow_origins)
         else:
             from .ui.desktop_ui import open_window
 
@@ -106,6 +106,7 @@ def run_headless(session: Session, exports: tuple[str, ...], progress: bool, sto
         return 130
     snap = session.snapshot
     if session.last_error:  # its event, printed above, says what failed and where the scene is
+        save_on_exit(session, "paused")  # the scene is the last good one: --resume continues from it
         return 1
     score = session.trainer.score()
     if score is not None:

@@ -13,10 +13,10 @@ pauses with a "done" event; Continue (or Resume) extends the plan.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +27,9 @@ from .publish import build_snapshot
 from .snapshot import MetricsLog, Snapshot, last_segment
 from .state import SessionState
 from .trainer import Trainer
+
+MAX_QUEUED = 256  # commands waiting for the worker; settings edits merge, so only a flood fills it
+DIRTY_GAP_S = 0.05  # after commands, the next snapshot comes at most this soon after the last one
 
 
 class Session:
@@ -53,7 +56,7 @@ class Session:
         self.state = SessionState(Trainer(config, prior=prior), run_dir, metrics, user_set=frozenset(user_set),
                                   paused=paused, rate_mark=(time.perf_counter(), 0))
         self.state.keep_good()
-        self._queue: queue.Queue[handlers.Prepared] = queue.Queue()
+        self._queue: deque[handlers.Prepared] = deque()  # guarded by _lock
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,6 +66,8 @@ class Session:
         self._user_set = self.state.user_set
         self._plan_unit = config.run.steps  # what Continue adds: the plan as last set by the user
         self._last_publish = 0.0
+        self._dirty = False  # commands applied since the last snapshot
+        self._skips: deque[bool] = deque()  # whether each recent step was skipped (run.skip_window)
         self._version = 0
         self._snapshot: Snapshot | None = None
         self.publish(force=True)
@@ -80,14 +85,32 @@ class Session:
             return self._snapshot
 
     def send(self, cmd: C.Command) -> None:
-        """Validate `cmd` now and queue it for the worker. Raises CommandError; on refusal nothing changes."""
+        """Validate `cmd` now and queue it for the worker. Raises CommandError; on refusal nothing changes.
+
+        Settings edits sent while another is still waiting merge into it (the worker applies them as one);
+        at MAX_QUEUED waiting commands a new one is refused."""
         payload = handlers.read_checkpoint(Path(cmd.path)) if isinstance(cmd, C.LoadCheckpoint) \
             and Path(cmd.path).is_file() else None  # read outside the lock: it may be large
         with self._lock:
+            tail = self._queue[-1] if self._queue else None
+            if len(self._queue) >= MAX_QUEUED and not _mergeable(tail, cmd):
+                raise C.CommandError(f"busy: {MAX_QUEUED} commands are waiting for the worker (it takes them "
+                                     f"between steps); send this again in a moment")
             prepared = handlers.prepare(cmd, self._requested, self._user_set, self._context(), payload)
             self._accept(prepared)
-            self._queue.put(prepared)
+            if _mergeable(tail, cmd):
+                prepared = handlers.Prepared(C.UpdateSettings({**tail.cmd.values, **cmd.values}), tail.base,
+                                             prepared.config, prepared.user_set)
+                self._queue[-1] = prepared
+            else:
+                self._queue.append(prepared)
         self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Commands waiting for the worker."""
+        with self._lock:
+            return len(self._queue)
 
     def update(self, **values: Any) -> None:
         """Shorthand: session.update(**{"ism.delta_t": 80})."""
@@ -130,7 +153,7 @@ class Session:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.drain()
+                self.drain(gap=DIRTY_GAP_S)
                 if self._should_step():
                     self._one_step()
                 else:
@@ -148,17 +171,17 @@ class Session:
         self._check_plan()
         return st.pending_steps > 0 or (not st.paused and st.last_error is None)
 
-    def drain(self) -> None:
-        """Apply every queued command (worker thread, between steps), then publish once."""
-        applied = False
+    def drain(self, gap: float = 0.0) -> None:
+        """Apply every queued command (worker thread, between steps), then publish once (if the last
+        snapshot is `gap` seconds old: the worker's loop leaves a burst of edits to the next one)."""
         while True:
-            try:
-                prepared = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            applied = True
+            with self._lock:
+                if not self._queue:
+                    break
+                prepared = self._queue.popleft()
+            self._dirty = True
             self._apply(prepared)
-        if applied:
+        if self._dirty and time.perf_counter() - self._last_publish >= gap:
             self.publish(force=True)
 
     def _apply(self, p: handlers.Prepared) -> None:
@@ -178,9 +201,8 @@ class Session:
         apply)."""
         st = self.state
         with self._lock:
-            queued = []
-            while not self._queue.empty():
-                queued.append(self._queue.get_nowait())
+            queued = list(self._queue)
+            self._queue.clear()
             self._requested, self._user_set = st.trainer.cfg, st.user_set
             for p in queued:
                 try:
@@ -189,7 +211,7 @@ class Session:
                     st.event("error", f"{C.describe(p.cmd)} dropped after the failed command: {e}")
                     continue
                 self._accept(again)
-                self._queue.put(again)
+                self._queue.append(again)
 
     def run_steps(self, n: int, callback=None, stop: threading.Event | None = None) -> None:
         """Run up to n steps in the caller's thread (headless runs, tests), applying queued commands
@@ -225,12 +247,33 @@ class Session:
         if diag.get("skipped"):
             st.event("warning", f"step {tr.iteration}: {int(diag['nonfinite_grads'])} non-finite gradient "
                                 "entries; the step was skipped")
+        if self._too_many_skips(bool(diag.get("skipped"))):
+            return
         every = tr.cfg.run.keep_good_every
         if every and tr.iteration % every == 0 and not st.keep_good():
             self._scene_went_bad()
             return
         self._check_plan()
         self.publish()
+
+    def _too_many_skips(self, skipped: bool) -> bool:
+        """Pause (as an error: headless runs stop) when more than run.skip_pause_share of the last
+        run.skip_window steps were skipped; the window starts afresh after it."""
+        st, run = self.state, self.state.trainer.cfg.run
+        self._skips.append(skipped)
+        while len(self._skips) > run.skip_window:
+            self._skips.popleft()
+        count = sum(self._skips)
+        if len(self._skips) < run.skip_window or count <= run.skip_pause_share * run.skip_window:
+            return False
+        self._skips.clear()
+        st.last_error = (f"{count} of the last {run.skip_window} steps were skipped for non-finite gradients "
+                         f"(more than run.skip_pause_share = {run.skip_pause_share:g})")
+        st.paused, st.pending_steps = True, 0
+        st.event("error", f"the session paused: {st.last_error}; lower the learning rates (optim.*_lr) or set "
+                          f"run.grad_clip, then Resume")
+        self._publish_after_failure()
+        return True
 
     def _evaluate(self, diag: dict[str, Any]) -> None:
         """psnr_ref at the training and the viewer's resolution, when due (procedural prior)."""
@@ -317,6 +360,7 @@ class Session:
         if note is not None:
             st.event("warning", note)
         self._version += 1
+        self._dirty = False
         snap = build_snapshot(st, self._version, latest, self._snapshot)
         with self._lock:
             self._snapshot = snap
@@ -384,3 +428,8 @@ class Session:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _mergeable(tail: handlers.Prepared | None, cmd: C.Command) -> bool:
+    """A settings edit merges into a settings edit waiting at the end of the queue."""
+    return tail is not None and isinstance(tail.cmd, C.UpdateSettings) and isinstance(cmd, C.UpdateSettings)
