@@ -12,8 +12,8 @@ from .cli_errors import USAGE_ERRORS, Parser, UsageError, report
 from .commands import EXPORT_FORMATS
 from .confio import ConfigError
 from .view import ViewSettings, is_view_path, list_view_settings, with_view_values
-from .startup import (check_address, check_device, check_init_ply, check_listen, display_problem, headless_message,
-                      remove_if_empty, resolve_run_dir, resume_checkpoint)
+from .startup import (check_address, check_device, check_init_ply, check_listen, check_origins, display_problem,
+                      headless_message, remove_if_empty, resolve_run_dir, resume_checkpoint)
 
 UIS = ("viser", "desktop", "headless")
 
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="front-end: viser (browser, default), desktop (DearPyGui window), headless")
     p.add_argument("--host", default="127.0.0.1", help="address the browser studio binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port of the browser studio (default 8080)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (scheme://host[:port], e.g. a reverse proxy's "
+                        "https://studio.example.com) drive the browser studio; only its own page may otherwise "
+                        "(repeatable)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set ism.delta_t=80 (repeatable)")
     p.add_argument("--list-settings", action="store_true", help="print every config field with its help and exit")
@@ -121,7 +125,8 @@ def read_config_file(path: Path) -> str:
     except OSError as e:
         raise UsageError(f"--config {path}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError:
-        raise UsageError(f"--config {path}: not a text file; a config is JSON (as written next to every export)") from None
+        raise UsageError(f"--config {path}: not a text file; a config is JSON (as written next to every "
+                         f"export)") from None
 
 
 def checkpoint_config(path: Path) -> cfgmod.StudioConfig:
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         ui = args.ui or "viser"
         check_address(args.host, args.port)
+        allow_origins = check_origins(args.allow_origin)
         cfg, user_set = settings_from_args(args)
         view = view_from_args(args)
         exports = parse_exports(args.export)
@@ -193,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         from .run import run  # heavy imports (diffusers, the front-ends) only after the arguments are good
 
         return run(cfg, ui=ui, out_dir=run_dir, exports=exports, resume=resume, host=args.host,
-                   port=args.port, progress=not args.no_progress, user_set=user_set, view=view)
+                   port=args.port, progress=not args.no_progress, user_set=user_set, view=view,
+                   allow_origins=allow_origins)
     except USAGE_ERRORS as e:
         return report(e)
     finally:

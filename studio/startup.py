@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from .cli_errors import UsageError
@@ -28,6 +29,30 @@ from .cli_errors import UsageError
 RUN_PREFIX = "run-"
 RESOLVE_TIMEOUT_S = 5.0  # a name that a slow or absent DNS server cannot answer must not stall the start
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def normalize_origin(origin: str) -> str:
+    """'HTTP://Box:8080/' -> 'http://box:8080'. Raises ValueError for what is not scheme://host[:port]."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username is not None:
+        raise ValueError(f"--allow-origin {origin!r}: expected scheme://host[:port] with scheme http or "
+                         f"https, e.g. http://mybox.local:8080")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"--allow-origin {origin!r}: the port must lie in [1, 65535]") from None
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+
+
+def check_origins(origins: list[str]) -> tuple[str, ...]:
+    """--allow-origin values, normalized; UsageError for one that is not scheme://host[:port]."""
+    try:
+        return tuple(normalize_origin(o) for o in origins)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_address(host: str, port: int) -> None:

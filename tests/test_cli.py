@@ -223,6 +223,9 @@ BAD_INPUT = [
     ("viser host not ipv4", ["--ui", "viser", "--host", "256.0.0.1"], "--host 256.0.0.1"),
     ("viser host elsewhere", ["--ui", "viser", "--host", "192.0.2.1"], "--host 192.0.2.1"),
     ("viser port in use", ["--ui", "viser", "--port", "{port}"], "another --port"),
+    ("allow-origin without scheme", ["--allow-origin", "studio.example.com"], "--allow-origin"),
+    ("allow-origin with a path", ["--allow-origin", "https://studio.example.com/app"], "--allow-origin"),
+    ("allow-origin bad port", ["--allow-origin", "http://box:99999"], "--allow-origin"),
 ]
 
 

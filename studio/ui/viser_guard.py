@@ -37,6 +37,7 @@ import websockets.asyncio.server
 from viser import _messages
 
 from .. import commands as C
+from ..startup import normalize_origin
 from .common import load_command
 
 UPLOAD_LIMIT = 512 * 1024 * 1024
@@ -44,19 +45,6 @@ OUT_OF_ORDER_LIMIT = 64 * 1024 * 1024  # parts buffered ahead of a missing one (
 
 
 # ----- origins ----------------------------------------------------------------------------------------
-def normalize_origin(origin: str) -> str:
-    """'HTTP://Box:8080/' -> 'http://box:8080'. Raises ValueError for what is not scheme://host[:port]."""
-    parts = urlsplit(origin.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username is not None:
-        raise ValueError(f"--allow-origin {origin!r}: expected scheme://host[:port] with scheme http or "
-                         f"https, e.g. http://mybox.local:8080")
-    host = parts.hostname.lower()
-    host = f"[{host}]" if ":" in host else host
-    port = parts.port  # may raise ValueError for a bad port
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
-
-
 def _split_host(value: str) -> tuple[str, str]:
     """'Box:8080' -> ('box', '8080'); '[::1]:80' -> ('::1', '80'); no port -> ''."""
     value = value.strip().lower()
