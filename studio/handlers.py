@@ -34,6 +34,7 @@ from .state import SessionState
 CHECKPOINT_FORMAT = "gaussian-dreamer-studio/checkpoint-1"
 SETTINGS_COMMANDS = (C.SetPrompt, C.SetMethod, C.SetSeed, C.UpdateSettings, C.ApplyPreset, C.Continue)
 NEW_SEGMENT_PATHS = ("prompt.prompt", "prompt.negative", "prior.")  # a change here starts a new segment
+BUILDING_PATHS = ("prompt.", "prior.", "render.renderer", "densify.")  # applying these builds, and may fail
 
 
 @dataclass(frozen=True)

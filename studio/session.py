@@ -431,5 +431,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _mergeable(tail: handlers.Prepared | None, cmd: C.Command) -> bool:
-    """A settings edit merges into a settings edit waiting at the end of the queue."""
-    return tail is not None and isinstance(tail.cmd, C.UpdateSettings) and isinstance(cmd, C.UpdateSettings)
+    """A settings edit merges into a settings edit waiting at the end of the queue, unless either touches a
+    setting whose apply builds something that can fail (a prior, a renderer, a prompt's embedding): then
+    each must fail or apply alone, as sent."""
+    if tail is None or not isinstance(tail.cmd, C.UpdateSettings) or not isinstance(cmd, C.UpdateSettings):
+        return False
+    return not any(path.startswith(handlers.BUILDING_PATHS) for path in (*tail.cmd.values, *cmd.values))

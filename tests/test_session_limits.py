@@ -39,6 +39,15 @@ def test_settings_edits_merge_while_waiting(session):
     assert session.trainer.cfg.ism.delta_t == 10 + 999 % 90 and session.trainer.cfg.ism.delta_s == 150
 
 
+def test_an_edit_that_builds_fails_or_applies_alone(session, tmp_path):
+    session.update(**{"ism.delta_t": 30})
+    session.update(**{"prior.model": str(tmp_path / "missing_sd")})  # builds a prior: never merged
+    session.update(**{"ism.delta_t": 40})
+    assert session.queued == 3
+    session.drain()
+    assert session.trainer.cfg.ism.delta_t == 40 and session.trainer.cfg.prior.model == "procedural"
+
+
 def test_the_queue_is_bounded_and_says_so(session):
     for _ in range(MAX_QUEUED - 1):
         session.send(C.Pause())
