@@ -1,12 +1,18 @@
-"""Files out (and back in): splat formats through gsplat's exporter, 3DGS PLY import, turntable videos,
-checkpoints and the JSON config written beside an export. Every write is atomic (`studio.atomic`).
+"""Files out (and back in): splat formats through gsplat's exporter, turntable videos, checkpoints and the
+JSON config written beside an export. Every write is atomic (`studio.atomic`). The splat readers live in
+`studio.readers` (re-exported here); every format written here reads back.
 
 Formats (`export_splats`), all produced by `gsplat.exporter.export_splats`, on CPU, with no extra package:
 - "ply": the 3DGS layout (x y z, f_dc_0..2, f_rest_* channel-major, opacity as a logit, scale_0..2 as
   logs, rot_0..3 wxyz as stored, i.e. not normalized); `read_gaussian_ply` reads it back exactly.
 - "splat": antimatter15's 32 bytes per Gaussian (float32 position, float32 scale, uint8 rgba, uint8
-  normalized quaternion), sorted along a Morton curve.
-- "ply_compressed": SuperSplat's chunked, quantized PLY; Gaussians with opacity <= 1/255 are dropped.
+  normalized quaternion), sorted along a Morton curve; `read_splat` reads it back to 8-bit precision.
+- "ply_compressed": SuperSplat's chunked, quantized PLY; Gaussians with opacity <= 1/255 are dropped;
+  `read_gaussian_ply` decodes it (11/10-bit positions and log-scales per chunk, 8-bit colours).
+
+A checkpoint is a `torch.save`d dict that carries, under CHECKSUM_KEY, the SHA-256 of the rest of it
+(`payload_digest`: every tensor's dtype, shape and bytes, every key and value, in order); `load_checkpoint`
+refuses one whose contents no longer match. Files written before checksums load as before.
 
 The raw tensors are gsplat's parameter layout, which `GaussianScene.params` is:
 means [N,3], scales [N,3] (log), quats [N,4] (wxyz), opacities [N] (logit), sh0 [N,1,3], shN [N,K-1,3].
@@ -14,9 +20,8 @@ means [N,3], scales [N,3] (log), quats [N,4] (wxyz), opacities [N] (logit), sh0 
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,18 +32,20 @@ from torch import Tensor
 
 from .atomic import ExportError, ReadError, atomic_path, atomic_write, write_bytes_atomic, write_json_atomic
 from .initializers import RAW_KEYS
+from .readers import is_gaussian_file, is_gaussian_ply, read_gaussian_ply, read_gaussians, read_point_ply, read_splat
 
 SPLAT_FORMATS = ("ply", "splat", "ply_compressed")
 VIDEO_FORMATS = ("mp4", "gif")
 COMPRESSED_MIN_OPACITY = 1.0 / 255.0  # gsplat's opacity_threshold for ply_compressed
+CHECKSUM_KEY = "sha256"  # a checkpoint's digest of the rest of its payload
 SUFFIXES = {"ply": ".ply", "splat": ".splat", "ply_compressed": ".compressed.ply", "mp4": ".mp4",
             "gif": ".gif", "checkpoint": ".pt", "json": ".json"}
 
 __all__ = [
-    "ExportError", "ReadError", "ExportResult", "SPLAT_FORMATS", "SUFFIXES", "TurntableSettings",
-    "VIDEO_FORMATS", "atomic_write", "export_splats", "export_turntable", "is_gaussian_ply",
-    "load_checkpoint", "read_gaussian_ply", "read_point_ply", "render_turntable", "save_checkpoint",
-    "write_json_atomic", "write_video",
+    "CHECKSUM_KEY", "ExportError", "ReadError", "ExportResult", "SPLAT_FORMATS", "SUFFIXES", "TurntableSettings",
+    "VIDEO_FORMATS", "atomic_write", "export_splats", "export_turntable", "is_gaussian_file", "is_gaussian_ply",
+    "load_checkpoint", "payload_digest", "read_gaussian_ply", "read_gaussians", "read_point_ply", "read_splat",
+    "render_turntable", "save_checkpoint", "write_json_atomic", "write_video",
 ]
 
 
@@ -105,79 +112,6 @@ def export_splats(splats: Mapping[str, Tensor], path: str | os.PathLike, format:
     if format == "ply_compressed":  # this format leaves out Gaussians of opacity <= 1/255
         n = int((torch.sigmoid(raw["opacities"]) > COMPRESSED_MIN_OPACITY).sum())
     return ExportResult(Path(path), format, n, dropped, len(data))
-
-
-# ----- PLY import ---------------------------------------------------------------------------------------
-
-def _read_vertices(path: str | os.PathLike):
-    from plyfile import PlyData, PlyHeaderParseError, PlyElementParseError
-
-    try:
-        ply = PlyData.read(str(path))
-    except FileNotFoundError:
-        raise ReadError(path, "no such file") from None
-    except (PlyHeaderParseError, PlyElementParseError, ValueError, EOFError) as e:
-        raise ReadError(path, f"not a valid PLY file ({e})") from None
-    except OSError as e:
-        raise ReadError(path, e.strerror or str(e)) from None
-    if "vertex" not in [el.name for el in ply.elements]:
-        raise ReadError(path, "the PLY has no 'vertex' element")
-    return ply["vertex"].data
-
-
-def is_gaussian_ply(path: str | os.PathLike) -> bool:
-    """True when the PLY's vertices carry the 3DGS fields (f_dc_0, opacity, scale_0, rot_0)."""
-    names = set(_read_vertices(path).dtype.names)
-    return {"f_dc_0", "opacity", "scale_0", "rot_0"} <= names
-
-
-def read_gaussian_ply(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a 3DGS PLY into raw float32 tensors (gsplat layout, values exactly as stored).
-
-    Fields: x y z, f_dc_0..2, f_rest_0..3(K-1)-1 (channel-major: all of red's coefficients, then
-    green's, then blue's), opacity (logit), scale_0..2 (log), rot_0..3 (wxyz). K - 1 must be 0, 3, 8 or 15
-    (SH degree 0..3). Raises ReadError naming the missing fields.
-    """
-    v = _read_vertices(path)
-    names = set(v.dtype.names)
-    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-            "rot_0", "rot_1", "rot_2", "rot_3"]
-    missing = [f for f in need if f not in names]
-    if missing:
-        raise ReadError(path, f"not a 3DGS PLY: missing vertex fields {', '.join(missing)} (a plain point "
-                              "cloud can initialize a scene through GaussianScene.from_points / read_point_ply)")
-    n_rest = sum(1 for f in names if f.startswith("f_rest_"))
-    if n_rest % 3 or n_rest // 3 not in (0, 3, 8, 15) or any(f"f_rest_{j}" not in names for j in range(n_rest)):
-        raise ReadError(path, f"{n_rest} f_rest_* fields: expected 0, 9, 24 or 45 numbered from 0 (SH degree 0..3)")
-
-    def cols(fields: list[str]) -> Tensor:
-        return torch.from_numpy(np.stack([np.asarray(v[f], dtype=np.float32) for f in fields], axis=-1))
-
-    n = len(v)
-    k1 = n_rest // 3
-    rest = cols([f"f_rest_{j}" for j in range(n_rest)]) if n_rest else torch.zeros(n, 0)
-    return {
-        "means": cols(["x", "y", "z"]),
-        "scales": cols(["scale_0", "scale_1", "scale_2"]),
-        "quats": cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
-        "opacities": cols(["opacity"])[:, 0].contiguous(),
-        "sh0": cols(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None, :].contiguous(),
-        "shN": rest.reshape(n, 3, k1).transpose(1, 2).contiguous(),  # [N, 3*(K-1)] channel-major -> [N, K-1, 3]
-    }
-
-
-def read_point_ply(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
-    """A plain point cloud PLY: xyz [N, 3] float32 and colours [N, 3] in [0, 1] (None without red/green/blue)."""
-    v = _read_vertices(path)
-    names = set(v.dtype.names)
-    if not {"x", "y", "z"} <= names:
-        raise ReadError(path, "the PLY vertices have no x, y, z")
-    xyz = torch.from_numpy(np.stack([np.asarray(v[f], dtype=np.float32) for f in "xyz"], axis=-1))
-    if not {"red", "green", "blue"} <= names:
-        return xyz, None
-    rgb = np.stack([np.asarray(v[f]) for f in ("red", "green", "blue")], axis=-1)
-    scale = 255.0 if rgb.dtype.kind in "ui" else 1.0
-    return xyz, torch.from_numpy(rgb.astype(np.float32) / scale)
 
 
 # ----- turntable videos ---------------------------------------------------------------------------------
@@ -280,29 +214,86 @@ def export_turntable(renderer: Callable, params: Any, path: str | os.PathLike,
 
 # ----- checkpoints ------------------------------------------------------------------------------------
 
+def payload_digest(payload: Any) -> str:
+    """SHA-256 (hex) of a checkpoint payload: keys, values and every tensor's dtype, shape and bytes, in
+    order. Raises TypeError for a value a checkpoint may not hold (weights_only loading could not read it)."""
+    h = hashlib.sha256()
+    _feed(h, payload)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    def tag(kind: str, text: str = "") -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(f"{kind}{len(data)}:".encode() + data)  # length-prefixed: no two payloads feed alike
+
+    if isinstance(obj, Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        tag("T", f"{t.dtype}{tuple(t.shape)}")
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # [numel * itemsize] the raw bytes
+    elif isinstance(obj, Mapping):
+        tag("D", str(len(obj)))
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        tag("L" if isinstance(obj, list) else "U", str(len(obj)))
+        for v in obj:
+            _feed(h, v)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+        tag("V", f"{type(obj).__name__}:{obj!r}")
+    else:
+        raise TypeError(f"checkpoint: cannot hold a {type(obj).__name__} (keep to tensors, numbers, strings, "
+                        "lists and dicts)")
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """torch.save(payload) to `path` atomically (the session decides what the payload holds).
+    """torch.save(payload) to `path` atomically, with its SHA-256 under CHECKSUM_KEY (the session decides
+    what the payload holds).
 
     Keep the payload to tensors, numbers, strings, lists and dicts: `load_checkpoint` reads with
-    weights_only=True, so that opening a checkpoint can never run code.
+    weights_only=True, so that opening a checkpoint can never run code (anything else is a TypeError).
     """
+    body = {k: v for k, v in payload.items() if k != CHECKSUM_KEY}
+    digest = payload_digest(body)  # first: a payload that cannot be saved writes nothing
     with atomic_write(path, "wb") as f:
-        torch.save(payload, f)
+        torch.save({**body, CHECKSUM_KEY: digest}, f)
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`. Raises ReadError with the reason."""
+    """Read a checkpoint written by `save_checkpoint` and verify its checksum (when it has one: files from
+    before checksums have none; the caller decides whether that is allowed). The payload comes back with
+    CHECKSUM_KEY in it. Raises ReadError with the reason, on one line."""
     try:
         payload = torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise ReadError(path, "no such file") from None
     except IsADirectoryError:
         raise ReadError(path, "it is a directory") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-        # OSError: torch's zip reader answers a truncated file with EINVAL
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ReadError(path, f"not a studio checkpoint, or a damaged one ({first})") from None
+    except Exception as e:  # noqa: BLE001 -- damaged bytes make torch's reader raise almost anything
+        # (UnpicklingError, RuntimeError, KeyError, UnicodeDecodeError, IndexError, OSError for EINVAL...)
+        raise ReadError(path, f"the file is damaged, or not a studio checkpoint ({_load_failure(e)})") from None
     if not isinstance(payload, dict):
         raise ReadError(path, f"a checkpoint holds a dict, this one holds {type(payload).__name__}")
+    if CHECKSUM_KEY in payload:
+        recorded = payload[CHECKSUM_KEY]
+        try:
+            actual = payload_digest({k: v for k, v in payload.items() if k != CHECKSUM_KEY})
+        except TypeError as e:
+            raise ReadError(path, f"the file is damaged: {e}") from None
+        if actual != recorded:
+            shown = recorded[:16] if isinstance(recorded, str) else repr(recorded)[:16]
+            raise ReadError(path, f"checksum mismatch (its contents hash to sha256 {actual[:16]}..., the file "
+                                  f"records {shown}...): the file is damaged; load an earlier checkpoint")
     return payload
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's complaint, short: its weights-only refusal suggests weights_only=False, which for a
+    damaged or foreign file is the wrong advice, so only the unpickler's own reason is kept."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__

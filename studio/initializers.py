@@ -3,12 +3,15 @@
 Every initializer returns raw tensors in gsplat's layout (`RAW_KEYS`: log-scales, logit opacities, SH
 coefficients) and the scene extent, drawn from its own seeded generator on the CPU (the same seed gives
 the same scene on every device). Scales are isotropic, half the mean spacing of the points unless given.
+
+Raw tensors that come from a file (a PLY, a .splat, a checkpoint) are checked by `raw_value_problem`
+against the limits below: beyond them a scene renders to inf / NaN, or is not a scene at all.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -17,6 +20,12 @@ from renderers.sh import C0
 
 RAW_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 Colors = Literal["random", "grey"]
+
+# What a file may hold (raw values, gsplat layout). Every value must be finite besides.
+MAX_ABS_POSITION = 1e6  # world units, per coordinate (squared it still fits float32 with room to spare)
+LOG_SCALE_RANGE = (-30.0, math.log(1e4))  # sizes from 9e-14 to 1e4 world units
+QUAT_NORM_RANGE = (1e-6, 1e6)  # quaternions are normalized when rendered: a norm near 0 has no direction
+MAX_ABS_SH = 1e4  # SH coefficients (colour = 0.28 * sh0 + 0.5: a colour of 2800 is already absurd)
 
 
 def num_sh_rest(sh_degree: int) -> int:
@@ -165,3 +174,54 @@ def points(xyz: Tensor, rgb: Tensor | None = None, *, opacity: float = 0.1, scal
         col = col.float() / 255.0 if not col.is_floating_point() else col.float()
     s = torch.full((n,), scale) if scale is not None else knn_scale(xyz)
     return make_raw(xyz, s, col.clamp(0, 1), opacity, sh_degree), extent_of(xyz)
+
+
+def _default_label(key: str, col: int | None) -> str:
+    return f"{key}[:, {col}]" if col is not None else key
+
+
+def raw_value_problem(raw: Mapping[str, Tensor],
+                      label: Callable[[str, int | None], str] = _default_label) -> str | None:
+    """The first problem with the values of raw Gaussians, as one sentence that names the field, the
+    Gaussian, its value, the rule and how many values break it; None when every value is usable.
+
+    Args:
+        raw: tensors in gsplat's layout (RAW_KEYS), shapes already checked (N from means)
+        label: the name of column `col` of raw[key] flattened to [N, D] (col None: the whole row, for
+            quaternions), in the caller's terms: e.g. ("scales", 1) -> "scale_1" for a PLY
+    """
+    n = raw["means"].shape[0]
+    flat = {k: raw[k].detach().reshape(n, -1) for k in RAW_KEYS}  # [N, D] each
+    for k in RAW_KEYS:
+        bad = ~torch.isfinite(flat[k])
+        if bool(bad.any()):
+            return _describe(flat[k], bad, k, label, "every value must be finite", "values are NaN or inf")
+    lo, hi = LOG_SCALE_RANGE
+    ranges = [
+        ("means", flat["means"].abs() > MAX_ABS_POSITION,
+         f"coordinates must lie within +-{MAX_ABS_POSITION:.0e} world units"),
+        ("scales", (flat["scales"] < lo) | (flat["scales"] > hi),
+         f"log-scales must lie in [{lo:g}, {hi:.3g}], i.e. sizes from {math.exp(lo):.1e} to "
+         f"{math.exp(hi):.0e} world units"),
+        ("sh0", flat["sh0"].abs() > MAX_ABS_SH, f"SH coefficients must lie within +-{MAX_ABS_SH:.0e}"),
+        ("shN", flat["shN"].abs() > MAX_ABS_SH, f"SH coefficients must lie within +-{MAX_ABS_SH:.0e}"),
+    ]
+    for k, bad, rule in ranges:
+        if bool(bad.any()):
+            return _describe(flat[k], bad, k, label, rule, "values break it")
+    qlo, qhi = QUAT_NORM_RANGE
+    norm = flat["quats"].double().norm(dim=1)  # [N]; float64: a norm of 1e20 squared overflows float32
+    bad = (norm < qlo) | (norm > qhi)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        return (f"{label('quats', None)} of Gaussian {row} has norm {float(norm[row]):.3g}: a rotation "
+                f"quaternion needs a norm in [{qlo:.0e}, {qhi:.0e}] ({int(bad.sum())} of {n} quaternions break it)")
+    return None
+
+
+def _describe(values: Tensor, bad: Tensor, key: str, label: Callable[[str, int | None], str], rule: str,
+              what: str) -> str:
+    """values, bad: [N, D]; the first bad entry in row-major order."""
+    row, col = (int(i) for i in bad.nonzero()[0])
+    return (f"{label(key, col)} of Gaussian {row} is {float(values[row, col]):.6g}: {rule} "
+            f"({int(bad.sum())} of {bad.numel()} {what})")

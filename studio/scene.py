@@ -33,13 +33,10 @@ from renderers.types import GaussianParams
 
 from . import initializers as init_mod
 from .initializers import RAW_KEYS
+from .scene_checks import SceneError, check_state, checked_raw as _checked
 from .strategy import Densifier, DensifySettings
 
-__all__ = ["DensifySettings", "GaussianScene", "OptimSettings", "SceneError", "lr_at"]
-
-
-class SceneError(ValueError):
-    """A scene that cannot be built or restored; the message says what to do."""
+__all__ = ["DensifySettings", "GaussianScene", "OptimSettings", "SceneError", "check_state", "lr_at"]
 
 
 @dataclass(frozen=True)
@@ -316,18 +313,22 @@ class GaussianScene:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what state_dict saved; the current settings stay (betas / eps re-applied)."""
-        if state.get("version") != 1 or "params" not in state:
-            raise SceneError("scene state: unknown format (expected the dict GaussianScene.state_dict writes)")
-        extent = float(state["extent"])
-        if not (extent > 0 and math.isfinite(extent)):
-            raise SceneError(f"scene state: extent must be a positive number of world units, got {extent!r}")
+        """Restore what state_dict saved; the current settings stay (betas / eps re-applied).
+        Raises SceneError (see `check_state`) before anything changes."""
+        check_state(state)
         params = _checked(state["params"])
-        _check_moments(params, state["optimizers"])
-        self.extent = extent
+        self.extent = float(state["extent"])
         self._install(params)
         for k, opt in self.optimizers.items():
-            opt.load_state_dict(copy.deepcopy(state["optimizers"][k]))  # Adam may alias loaded tensors
+            # Adam's moments from the file, its hyperparameters from this scene's settings (betas and eps
+            # below; the rest are torch's defaults, as the studio never changes them), except the saved lr:
+            # the schedule set it for the saved step, and a restored scene must equal the one saved.
+            saved = copy.deepcopy(state["optimizers"][k]["state"])  # Adam may alias loaded tensors
+            groups = opt.state_dict()["param_groups"]
+            lr = _saved_lr(state["optimizers"][k])
+            if lr is not None:
+                groups[0]["lr"] = lr
+            opt.load_state_dict({"state": saved, "param_groups": groups})
         self.set_optim_settings(self.optim_settings)
         self.densifier.load_state_dict(state["densifier"], self.num_gaussians)
 
@@ -336,17 +337,12 @@ class GaussianScene:
         return all(bool(torch.isfinite(p).all()) for p in self.params.values())
 
 
-def _check_moments(params: Mapping[str, Tensor], optimizers: Mapping[str, Any]) -> None:
-    """Adam's moments must have their parameter's shape (torch's load_state_dict does not check)."""
-    for k, p in params.items():
-        if k not in optimizers:
-            raise SceneError(f"scene state: no optimizer state for {k}")
-        for slot in optimizers[k].get("state", {}).values():
-            for name in ("exp_avg", "exp_avg_sq"):
-                t = slot.get(name)
-                if isinstance(t, Tensor) and tuple(t.shape) != tuple(p.shape):
-                    raise SceneError(f"scene state: Adam's {name} of {k} has shape {tuple(t.shape)}, the "
-                                     f"parameter {tuple(p.shape)}")
+def _saved_lr(saved: Mapping[str, Any]) -> float | None:
+    """The learning rate in a saved Adam state, when it is a usable one."""
+    groups = saved.get("param_groups")
+    lr = groups[0].get("lr") if isinstance(groups, list) and groups and isinstance(groups[0], Mapping) else None
+    usable = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
+    return float(lr) if usable else None
 
 
 def to_host(obj: Any) -> Any:
@@ -360,27 +356,12 @@ def to_host(obj: Any) -> Any:
     return obj
 
 
-def _checked(raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    missing = [k for k in RAW_KEYS if k not in raw]
-    if missing:
-        raise SceneError(f"scene tensors lack {', '.join(missing)} (expected {', '.join(RAW_KEYS)})")
-    n = raw["means"].shape[0]
-    k1 = raw["shN"].shape[1] if raw["shN"].dim() == 3 else -1
-    expected = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3),
-                "shN": (n, k1, 3)}
-    for k, shape in expected.items():
-        if tuple(raw[k].shape) != shape:
-            raise SceneError(f"scene tensor {k}: expected shape {shape} (N = {n} from means), got {tuple(raw[k].shape)}")
-    if k1 not in (0, 3, 8, 15):
-        raise SceneError(f"scene tensor shN: K - 1 must be 0, 3, 8 or 15 (SH degree 0..3), got {k1}")
-    return dict(raw)
-
-
 def _raw_from_ply(path: str | os.PathLike, opacity: float, sh_degree: int) -> tuple[dict[str, Tensor], float]:
-    from .export import is_gaussian_ply, read_gaussian_ply, read_point_ply
+    """A splat file (3DGS or compressed PLY, .splat) as stored, or one Gaussian per point of a point cloud."""
+    from .readers import is_gaussian_file, read_gaussians, read_point_ply
 
-    if is_gaussian_ply(path):
-        raw = read_gaussian_ply(path)
+    if is_gaussian_file(path):
+        raw = read_gaussians(path)
         return raw, init_mod.extent_of(raw["means"])
     xyz, rgb = read_point_ply(path)
     return init_mod.points(xyz, rgb, opacity=opacity, sh_degree=sh_degree)
