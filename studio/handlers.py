@@ -13,11 +13,14 @@ scene, optimizer, prior and estimator state exactly as they were.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from . import commands as C
 from . import config as cfgmod
@@ -26,12 +29,15 @@ from .atomic import ReadError
 from .config import StudioConfig
 from .confio import ConfigError
 from .export import (
-    SUFFIXES, TurntableSettings, export_splats, export_turntable, load_checkpoint, save_checkpoint,
+    CHECKSUM_KEY, SUFFIXES, TurntableSettings, export_splats, export_turntable, load_checkpoint, save_checkpoint,
     write_json_atomic,
 )
+from .readers import validate_scene_file
+from .scene import SceneError, check_state
 from .state import SessionState
 
-CHECKPOINT_FORMAT = "gaussian-dreamer-studio/checkpoint-1"
+CHECKPOINT_FORMAT = "gaussian-dreamer-studio/checkpoint-2"  # what `save` writes: with a SHA-256 checksum
+CHECKPOINT_FORMATS = ("gaussian-dreamer-studio/checkpoint-1", CHECKPOINT_FORMAT)  # what loads (1: no checksum)
 SETTINGS_COMMANDS = (C.SetPrompt, C.SetMethod, C.SetSeed, C.UpdateSettings, C.ApplyPreset, C.Continue)
 NEW_SEGMENT_PATHS = ("prompt.prompt", "prompt.negative", "prior.")  # a change here starts a new segment
 BUILDING_PATHS = ("prompt.", "prior.", "render.renderer", "densify.")  # applying these builds, and may fail
@@ -93,6 +99,10 @@ def prepare(cmd: C.Command, base: StudioConfig, user_set: frozenset[str], ctx: S
             raise C.CommandError(f"load: {cmd.path}: {e}") from None
         return Prepared(cmd, base, new, frozenset(payload.get("user_set", ())), payload)
     if isinstance(cmd, C.LoadPly):
+        try:
+            validate_scene_file(cmd.path)  # read and checked now; applying it reads it again, between steps
+        except ReadError as e:
+            raise C.CommandError(f"load: {e}") from None
         new = replace(base, init=replace(base.init, kind="ply", path=str(cmd.path)))
         return Prepared(cmd, base, new, user_set)
     return Prepared(cmd, base, base, user_set)
@@ -158,27 +168,106 @@ def _check_dir(directory: Path, what: str) -> None:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A studio checkpoint's payload with its parts checked for shape (not yet for content: loading it
-    into a trainer does that, as a transaction). Raises CommandError."""
+    """A studio checkpoint's payload, checked as far as it can be without building anything: its format
+    and checksum, its settings, its trainer state (scene shapes and values, estimator and random states),
+    its metrics. Loading it into a trainer, a transaction, checks the rest. Raises CommandError (one line)."""
     try:
         payload = load_checkpoint(path)
     except ReadError as e:
         raise C.CommandError(f"load: {e}") from None
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise C.CommandError(f"load: {path} is not a studio checkpoint (format {payload.get('format')!r})")
-    trainer = payload.get("trainer")
+    fmt = payload.get("format")
+    if fmt not in CHECKPOINT_FORMATS:
+        raise C.CommandError(f"load: {path} is not a studio checkpoint (format {str(fmt)[:80]!r})")
+    if fmt == CHECKPOINT_FORMAT and CHECKSUM_KEY not in payload:
+        raise C.CommandError(f"load: {path} is damaged: a {fmt} file carries a checksum and this one has none; "
+                             "load an earlier checkpoint")
+    checkpoint_config(payload, path)  # the settings first: a file with bad settings says so
+    problem = _trainer_problem(payload.get("trainer")) or _payload_problem(payload)
+    if problem is not None:
+        raise C.CommandError(f"load: {path} is damaged: {problem}; load an earlier checkpoint")
+    return payload
+
+
+def _trainer_problem(trainer: Any) -> str | None:
+    """What is wrong with a checkpoint's trainer state (Trainer.state_dict), or None."""
     missing = [k for k in ("iteration", "scene", "estimators", "sampler_rng", "bg_rng", "torch_rng")
                if not isinstance(trainer, dict) or k not in trainer]
     if missing:
-        raise C.CommandError(f"load: {path} is damaged: its trainer state lacks {', '.join(missing)}")
-    history = payload.get("metrics", {}).get("history", {}) if isinstance(payload.get("metrics"), dict) else None
+        return f"its trainer state lacks {', '.join(missing)}"
+    for key in ("iteration", "skipped_steps"):
+        value = trainer.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+            return f"trainer.{key} is {str(value)[:40]!r}, not a count"
+    try:
+        check_state(trainer["scene"])
+    except SceneError as e:
+        return f"trainer.{e}"
+    rng_size = torch.get_rng_state().numel()
+    for key in ("sampler_rng", "bg_rng", "torch_rng"):
+        if not _is_rng_state(trainer[key], rng_size):
+            return f"trainer.{key} is not a CPU random state (uint8 [{rng_size}])"
+    estimators = trainer["estimators"]
+    if not isinstance(estimators, dict):
+        return "trainer.estimators is not a table of estimator states"
+    unknown = sorted(str(m) for m in estimators if m not in cfgmod.METHODS)
+    if unknown:
+        return (f"it holds estimator state for {', '.join(unknown)}, which this studio does not have (it has "
+                f"{', '.join(cfgmod.METHODS)})")
+    for name, est in estimators.items():
+        problem = _estimator_problem(est, rng_size)
+        if problem is not None:
+            return f"trainer.estimators.{name}: {problem}"
+    return None
+
+
+def _is_rng_state(t: Any, size: int | None) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and \
+        (t.numel() == size if size is not None else t.numel() > 0)
+
+
+def _estimator_problem(est: Any, rng_size: int) -> str | None:
+    """An estimator's state: its random streams (guidance.estimators.common.RandomStreams) and any
+    tensors of its own (SSD's control-variate averages), which must be finite."""
+    rng = est.get("rng") if isinstance(est, dict) else None
+    if not isinstance(rng, dict):
+        return "no random streams (rng)"
+    seed = rng.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        return f"rng.seed is {str(seed)[:40]!r}, not a seed"
+    if not _is_rng_state(rng.get("timesteps"), rng_size):
+        return f"rng.timesteps is not a CPU random state (uint8 [{rng_size}])"
+    noise = rng.get("noise", {})
+    if not isinstance(noise, dict) or not all(
+            _is_rng_state(v, rng_size if k == "cpu" else None) for k, v in noise.items()):
+        return "rng.noise is not a table of random states by device"
+    own = {k: v for k, v in est.items() if k != "rng"}
+    tensors = [v for v in own.values() if v is not None]
+    if not all(isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() == 1 for v in tensors) or \
+            len({tuple(v.shape) for v in tensors}) > 1:
+        return f"{', '.join(own)} must be float vectors of one length (or None)"
+    bad = [k for k, v in own.items() if v is not None and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{', '.join(bad)} hold NaN or inf values"
+    return None
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """The metrics history, the elapsed time and the user-set paths."""
+    metrics = payload.get("metrics", {})
+    history = metrics.get("history", {}) if isinstance(metrics, dict) else None
+    number = (int, float)
     if not isinstance(history, dict) or not all(
-            isinstance(v, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v)
+            isinstance(v, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], int)
+                                        and isinstance(p[1], number) for p in v)
             for v in history.values()):
-        raise C.CommandError(f"load: {path} is damaged: its metrics history is not a table of (step, value)")
-    if not isinstance(payload.get("elapsed", 0.0), (int, float)):
-        raise C.CommandError(f"load: {path} is damaged: elapsed is {payload.get('elapsed')!r}")
-    return payload
+        return "its metrics history is not a table of (step, value)"
+    elapsed = payload.get("elapsed", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, number) or not (math.isfinite(elapsed) and elapsed >= 0):
+        return f"elapsed is {str(elapsed)[:40]!r}, not a number of seconds"
+    user_set = payload.get("user_set", [])
+    if not isinstance(user_set, (list, tuple)) or not all(isinstance(p, str) for p in user_set):
+        return "user_set is not a list of setting paths"
+    return None
 
 
 def checkpoint_config(payload: dict[str, Any], path: str | Path) -> StudioConfig:
