@@ -6,6 +6,11 @@ channels, ask for "RGB+ED" (expected depth appended as the last channel, already
 composite the background ourselves. Settings match the other backends: packed=False, eps2d=0.3,
 near plane 0.01, classic (not antialiased) rasterization.
 
+gsplat from PyPI compiles its CUDA kernels the first time they run (minutes; see README's GPU section).
+`jit_build_settings` points that build at `build/torch_extensions` inside a source checkout (git-ignored,
+kept between runs, so it happens once), for this machine's GPU architecture only, on every core; a value
+the user set in the environment wins.
+
 gsplat's kernels are float32 only: other dtypes are cast on the way in and the outputs cast back.
 Its radii use an opacity-aware extent (tighter than 3.33 sigma for faint Gaussians, 0 for opacity
 < 1/255); the images are the same, since everything outside that extent has alpha < 1/255.
@@ -13,6 +18,8 @@ Its radii use an opacity-aware extent (tighter than 3.33 sigma for faint Gaussia
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -32,6 +39,7 @@ def render_gsplat(params: GaussianParams, cameras: Cameras, background: Tensor) 
         cameras: B cameras of size H x W (moved to the Gaussians' device)
         background: [3] or [B, 3] colour behind the scene
     """
+    jit_build_settings()
     import gsplat  # here, not at module level: the package is optional on CPU-only machines
 
     bg = check_inputs(params, cameras, background)
@@ -41,6 +49,23 @@ def render_gsplat(params: GaussianParams, cameras: Cameras, background: Tensor) 
             "move the scene to the GPU or use the 'cpu' renderer"
         )
     return render_with(gsplat.rasterization, params, cameras, bg)
+
+
+def jit_build_settings(environ: dict | None = None) -> dict[str, str]:
+    """Set (where unset) where and how gsplat's first-use CUDA build runs; returns the values in force.
+
+    TORCH_EXTENSIONS_DIR: build/torch_extensions in a source checkout (else torch's default, ~/.cache);
+    TORCH_CUDA_ARCH_LIST: the compute capability of the GPU in use (e.g. "9.0"), not every architecture;
+    MAX_JOBS: every core (gsplat's own default is 10)."""
+    env = os.environ if environ is None else environ
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "renderers").is_dir():
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(root / "build" / "torch_extensions"))
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    return {k: env[k] for k in ("TORCH_EXTENSIONS_DIR", "TORCH_CUDA_ARCH_LIST", "MAX_JOBS") if k in env}
 
 
 def render_with(rasterization: Callable[..., tuple[Tensor, Tensor, dict]], params: GaussianParams,

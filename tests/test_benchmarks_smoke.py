@@ -50,3 +50,34 @@ def test_gpu_iteration_needs_cuda_without_quick():
     proc = subprocess.run([sys.executable, "benchmarks/gpu_iteration.py", "--no-write"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and "--quick" in proc.stderr
+
+
+def test_gpu_precision_quick_compares_bf16_with_fp32_on_tiny_models():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_precision.py", "--quick", "--no-write", "--draws", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for variant in ("SDS, CFG 7.5", "SDS, CFG 100", "ISM (LucidDreamer)"):
+        row = re.search(rf"^\| {re.escape(variant)} \| bf16 \| (.*) \|$", proc.stdout, re.M)
+        assert row, proc.stdout
+        rel, noise, ratio, cos, nonfinite = (c.strip().strip("*") for c in row.group(1).split("|"))
+        # bf16 keeps 8 bits of mantissa: the gradient moves, but stays the same direction
+        assert 1e-4 < float(rel) < 0.5 and float(cos) > 0.9 and int(nonfinite) == 0, row.group(0)
+        assert abs(float(ratio) - float(rel) / float(noise)) <= 0.01 + 0.05 * float(ratio), row.group(0)
+
+
+def test_gpu_precision_compare_matches_closed_forms():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_precision import compare
+
+    g = torch.Generator().manual_seed(0)
+    ref = 3.0 + torch.randn(4000, 2, 8, generator=g)  # draws around a mean of 3 with unit spread
+    exact = compare(ref, ref)
+    assert exact["rel"] == 0 and exact["ratio"] == 0 and abs(exact["cos"] - 1) < 1e-12
+    c = compare(ref, ref + 0.1)  # a constant offset of 0.1: error rms 0.1, noise 1, |ref| rms sqrt(10)
+    assert abs(c["rel"] - 0.1 / 10**0.5) < 2e-3 and abs(c["noise"] - 1 / 10**0.5) < 0.02
+    assert abs(c["ratio"] - 0.1) < 3e-3
+    bad = ref.clone()
+    bad[0, 0, 0] = float("nan")
+    assert compare(ref, bad)["nonfinite"] == 1

@@ -318,6 +318,22 @@ def test_gsplat_refuses_cpu_tensors_or_a_machine_without_cuda():
             renderers.make_renderer("gsplat")
 
 
+def test_gsplat_builds_its_kernels_inside_the_checkout_unless_told_otherwise():
+    from pathlib import Path
+
+    from renderers.gsplat_backend import jit_build_settings
+
+    root = Path(renderers.__file__).resolve().parents[1]
+    env: dict[str, str] = {}
+    got = jit_build_settings(env)
+    assert got["TORCH_EXTENSIONS_DIR"] == str(root / "build" / "torch_extensions")
+    assert int(got["MAX_JOBS"]) >= 1
+    assert ("TORCH_CUDA_ARCH_LIST" in got) == torch.cuda.is_available()
+    assert "/build/" in (root / ".gitignore").read_text().split()  # the build stays out of git
+    mine = {"TORCH_EXTENSIONS_DIR": "/somewhere", "TORCH_CUDA_ARCH_LIST": "8.6", "MAX_JOBS": "2"}
+    assert jit_build_settings(dict(mine)) == mine  # what the user set wins
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's rasterizer needs CUDA; this machine has none")
 def test_gsplat_matches_cpu_on_cuda():
