@@ -37,7 +37,8 @@ from gpu_iteration import FULL, QUICK, build_models, make_prior, workload  # noq
 from studio.config import with_values  # noqa: E402
 from studio.trainer import Trainer  # noqa: E402
 
-VARIANTS = (("SDS, CFG 7.5", "sds", {"sds.guidance_scale": 7.5}), ("SDS, CFG 100", "sds", {"sds.guidance_scale": 100.0}),
+VARIANTS = (("SDS, CFG 7.5", "sds", {"sds.guidance_scale": 7.5}),
+            ("SDS, CFG 100", "sds", {"sds.guidance_scale": 100.0}),
             ("ISM (LucidDreamer)", "ism", {}))
 PRECISIONS = (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))
 
