@@ -95,6 +95,8 @@ class AnalyticPrior:
         cond_idx, uncond_idx = vc.data
         if branch == "uncond":
             return self.eps_of(x_t, t, uncond_idx)
+        if branch == "empty":
+            return self.eps_of(x_t, t, list(range(self.modes.shape[0])))
         if branch == "cond":
             return self.eps_of(x_t, t, cond_idx)
         e_u, e_c = self.eps_of(x_t, t, uncond_idx), self.eps_of(x_t, t, cond_idx)

@@ -48,7 +48,7 @@ def test_inversion_matches_diffusers_ddim_inverse(t, dT, delta_s, strides):
     prior, render, res = run(fixed_t(t, dT, delta_s=delta_s))
     s = t - dT
     calls = prior.calls
-    assert [c.branch for c in calls] == ["uncond"] * (len(strides) + 1) + ["cfg"]
+    assert [c.branch for c in calls] == ["empty"] * (len(strides) + 1) + ["cfg"]
     # The first input is z noised to timestep 0 with the documented noise stream.
     eps = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(3 + NOISE_SEED_OFFSET))
     z = 2 * render.rgb.detach().permute(0, 3, 1, 2) - 1
@@ -87,7 +87,7 @@ def test_prior_calls_and_edge_cases(t, dT, delta_s, inv_steps, n_inv):
     prior, _, res = run(fixed_t(t, dT, delta_s=delta_s, inv_steps=inv_steps))
     s = max(t - dT, 0)
     branches = [c.branch for c in prior.calls]
-    assert branches == ["uncond"] * (n_inv + 1) + ["cfg"]
+    assert branches == ["empty"] * (n_inv + 1) + ["cfg"]
     assert int(res.diagnostics["prior_calls"]) == len(prior.calls) == expected_prior_calls(s, delta_s, inv_steps)
     if math.ceil(s / delta_s) <= inv_steps:
         assert len(prior.calls) == math.ceil(s / delta_s) + 1 + 1  # METHODS.md's count

@@ -93,6 +93,53 @@ def test_cfg_is_one_batched_call_and_equals_separate_calls(prior):
         prior.predict_noise(x, t, vc, None)
 
 
+class TextRecorder:
+    """Records the text embeddings (encoder_hidden_states) of each UNet call."""
+
+    def __init__(self, module):
+        self.embeddings: list[torch.Tensor] = []
+        self.handle = module.register_forward_pre_hook(
+            lambda m, args, kwargs: self.embeddings.append(kwargs["encoder_hidden_states"].detach().clone()),
+            with_kwargs=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_ism_inverts_with_the_empty_prompt_and_uses_the_negative_only_in_cfg(prior):
+    """LucidDreamer: the DDIM inversion and the target e_s see the empty prompt; the negative prompt enters
+    only CFG's unconditional half. Every UNet call's text embedding is checked against the prompts'."""
+    from guidance.estimators.ism import ISM, ISMSettings
+    from renderers.types import RenderOutput
+
+    cams = camera_batch()
+    vc = prior.view_cond(prior.embed("a cube", negative="blurry, low quality"), cams, torch.ones(2, 3))
+    empty, negative = prior.text_embedding(""), prior.text_embedding("blurry, low quality")
+    assert (empty - negative).abs().max() > 1e-3, "the test needs the two prompts to embed differently"
+    rgb = torch.rand(2, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ones = torch.ones(2, SIZE, SIZE, 1)
+    render = RenderOutput(rgb=rgb, alpha=ones, depth=ones, normal=torch.zeros(2, SIZE, SIZE, 3), info={})
+    ism = ISM(ISMSettings(delta_s=100, inv_steps=3, warmup_steps=0, t_range=(0.5, 0.6)), seed=0)
+    with TextRecorder(prior.unet) as rec:
+        result = ism(prior, render, cams, vc, step=0)
+    calls = int(result.diagnostics["prior_calls"])
+    assert len(rec.embeddings) == calls >= 3, "inversion steps, the target, then CFG"
+    *inversion, cfg = rec.embeddings
+    for i, emb in enumerate(inversion):  # every inversion step and e_s: the empty prompt, never the negative
+        assert emb.shape[0] == 2 and torch.equal(emb, empty.expand(2, -1, -1)), f"call {i} is not the empty prompt"
+    assert cfg.shape[0] == 4  # CFG: the negative prompt for the unconditional half, then the prompt
+    assert torch.equal(cfg[:2], negative.expand(2, -1, -1))
+    assert torch.equal(cfg[2:], vc.data.cond)
+    # Without a negative prompt the empty prompt is CFG's unconditional branch too (one embedding, no copy).
+    plain = prior.view_cond(prior.embed("a cube"), cams, torch.ones(2, 3))
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([300, 300])
+    torch.testing.assert_close(prior.predict_noise(x, t, plain, None, branch="empty"),
+                               prior.predict_noise(x, t, plain, None, branch="uncond"))
+
+
 def test_text_embeddings_are_cached_per_prompt_and_view(prior):
     with Counter(prior.text.encoder) as calls:
         prior.embed("a striped cube")  # as typed + 4 view suffixes (+ the empty prompt if not yet cached)

@@ -1,14 +1,14 @@
 """Interval Score Matching (LucidDreamer), as METHODS.md's pseudo-code (section "ISM").
 
 Symbols: z the latent of the render, eps ~ N(0, I), ab_t = alphas_cumprod[t], t the noisy timestep,
-s = t - dT the interval's start, dS (`delta_s`) the inversion stride, e(x, t, "") the unconditional
-prediction, e_cfg the guided one (textbook CFG e_u + s (e_c - e_u)), lam the weight.
+s = t - dT the interval's start, dS (`delta_s`) the inversion stride, e(x, t, "") the prediction for the
+empty prompt (branch "empty": never the negative prompt, which only enters CFG, as in LucidDreamer), e_cfg the guided one (textbook CFG e_u + s (e_c - e_u)), lam the weight.
 
     1. warm-up: r = 1 - min(step / warmup, 1); dT = int(delta_t + r (delta_t_start - delta_t));
        t ~ U{t_min, t_max + r (t_max_start - t_max)} (one t for the whole batch); s = max(t - dT, 0)
     2. eps = randn (+ offset_noise * a per-(item, channel) constant, LucidDreamer's 0.1; optional)
     3. no grad: x = z noised to the first timestep first = max(s - dS * inv_steps, 0) with eps;
-       DDIM inversion (eta 0, unconditional) first -> s with stride dS, the last step shortened to land
+       DDIM inversion (eta 0, empty prompt) first -> s with stride dS, the last step shortened to land
        on s; zero-length steps are skipped (s = 0 needs none; dS >= s - first needs one)
     4. e_s = e(x_s, s, ""), the target; x_t = sqrt(ab_t) (x_s - sqrt(1 - ab_s) e_s) / sqrt(ab_s) +
        sqrt(1 - ab_t) e_s (one more DDIM inversion step s -> t)
@@ -19,8 +19,8 @@ Starting the inversion at max(s - dS inv_steps, 0) rather than 0 is what LucidDr
 (`starting_ind`), so the inversion always lands on s even when s > dS inv_steps.
 
 Prior calls per step ("prior_calls"), counting the batched CFG call as one:
-    min(ceil(s / dS), inv_steps)      unconditional inversion calls on B latents (0 when s = 0)
-  + 1                                 unconditional call for e_s
+    min(ceil(s / dS), inv_steps)      empty-prompt inversion calls on B latents (0 when s = 0)
+  + 1                                 empty-prompt call for e_s
   + 1                                 CFG call (cond + uncond on 2B latents inside the prior)
 i.e. ceil(s / dS) + 2 whenever ceil(s / dS) <= inv_steps (always with the defaults: s <= 880 < 5 * 200).
 
@@ -112,9 +112,10 @@ def ddim_step(alphas_cumprod: Tensor, x: Tensor, e: Tensor, cur: int, nxt: int) 
     return ab_nxt.sqrt() * x0 + (1 - ab_nxt).sqrt() * e
 
 
-def predict_uncond(prior: DiffusionPrior, x: Tensor, timestep: int, vc: ViewCond) -> Tensor:
+def predict_empty(prior: DiffusionPrior, x: Tensor, timestep: int, vc: ViewCond) -> Tensor:
+    """e(x, timestep, "") for the batch: the empty prompt's prediction (inversion and target)."""
     t = torch.full((x.shape[0],), timestep, dtype=torch.long, device=x.device)
-    return prior.predict_noise(x, t, vc, None, branch="uncond").float()
+    return prior.predict_noise(x, t, vc, None, branch="empty").float()
 
 
 class ISMTerms(NamedTuple):
@@ -144,14 +145,14 @@ def ism_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, st
     eps = rng.randn(tuple(z.shape), z.device)
     if s.offset_noise > 0:
         eps = eps + s.offset_noise * rng.randn((B, z.shape[1], 1, 1), z.device)
-    # 3. Noise z to the first timestep, then invert to s (unconditional, stride dS, no zero-length step).
+    # 3. Noise z to the first timestep, then invert to s (empty prompt, stride dS, no zero-length step).
     first = max(s_int - s.delta_s * s.inv_steps, 0)
     x = add_noise(ab, z.detach().float(), eps, torch.full((B,), first, dtype=torch.long, device=z.device))
     path = inversion_path(first, s_int, s.delta_s)
     for cur, nxt in zip(path[:-1], path[1:]):
-        x = ddim_step(ab, x, predict_uncond(prior, x, cur, vc), cur, nxt)
+        x = ddim_step(ab, x, predict_empty(prior, x, cur, vc), cur, nxt)
     # 4. The target e_s, then one more inversion step s -> t.
-    e_s = predict_uncond(prior, x, s_int, vc)
+    e_s = predict_empty(prior, x, s_int, vc)
     x_t = ddim_step(ab, x, e_s, s_int, t_int)
     # 5. Guided prediction at x_t (one batched call for both branches, inside the prior).
     t = torch.full((B,), t_int, dtype=torch.long)

@@ -77,8 +77,9 @@ class DiffusionPrior(Protocol):
     ) -> Tensor:
         """Noise prediction e(x_t, t) [B, C, h, w] for t [B] (long).
 
-        branch: "cfg" (guided, one batched call for both branches), "cond" (the prompt alone) or
-        "uncond" (the negative / empty prompt alone, used by ISM's inversion).
+        branch: "cfg" (guided, one batched call for both branches), "cond" (the prompt alone),
+        "uncond" (CFG's unconditional branch: the negative prompt, the empty one when none is set) or
+        "empty" (the empty prompt whatever the negative: ISM's inversion and target, as LucidDreamer).
         guidance_scale: s in e_u + s (e_c - e_u); only read for branch "cfg".
         """
         ...

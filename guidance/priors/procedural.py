@@ -41,7 +41,7 @@ from .base import Cond, PriorError, ViewCond, scaled_linear_alphas_cumprod
 from .mode_metrics import ModeCommitment, mode_commitment
 from .objects import ObjectLibrary
 
-BRANCHES = ("cfg", "cond", "uncond")
+BRANCHES = ("cfg", "cond", "uncond", "empty")
 REF_CACHE_SIZE = 4
 
 
@@ -68,10 +68,12 @@ class ProceduralSettings:
 
 @dataclass(frozen=True)
 class ProceduralCond:
-    """Cond.data: object indices of the prompt (cond) and of the unconditional branch (uncond)."""
+    """Cond.data: object indices of the prompt (cond), of CFG's unconditional branch (uncond: the negative
+    prompt's objects, every object without one) and of the empty prompt (every object)."""
 
     cond: tuple[int, ...]
     uncond: tuple[int, ...]
+    empty: tuple[int, ...] = ()
 
 
 @dataclass
@@ -159,7 +161,7 @@ class ProceduralPrior:
         """The prompt's objects and the unconditional branch's (the negative prompt's, else all)."""
         cond = tuple(self.library.match(prompt))
         uncond = tuple(self.library.match(negative))  # the empty negative matches every object
-        return Cond(prompt, negative, ProceduralCond(cond, uncond))
+        return Cond(prompt, negative, ProceduralCond(cond, uncond, tuple(self.library.match(""))))
 
     def object_names(self, cond: Cond) -> list[str]:
         """Names of the prompt's reference objects (the modes), in mode order."""
@@ -200,11 +202,12 @@ class ProceduralPrior:
             view.renders[k] = (rgb[i], depth[i], disp[i])
 
     def modes(self, vc: ViewCond, branch: str) -> Modes:
-        """The mixture of branch "cond" (the prompt) or "uncond" for vc's cameras."""
-        if branch not in ("cond", "uncond"):
-            raise ValueError(f"modes: branch must be 'cond' or 'uncond', got {branch!r}")
+        """The mixture of branch "cond" (the prompt), "uncond" (CFG's) or "empty" for vc's cameras."""
+        if branch not in ("cond", "uncond", "empty"):
+            raise ValueError(f"modes: branch must be 'cond', 'uncond' or 'empty', got {branch!r}")
         view: ProceduralView = vc.data
-        idx = vc.cond.data.cond if branch == "cond" else vc.cond.data.uncond
+        data: ProceduralCond = vc.cond.data
+        idx = {"cond": data.cond, "uncond": data.uncond, "empty": data.empty or data.uncond}[branch]
         if idx not in view.stacks:
             # The unconditional branch is used beside the conditional one (CFG, ISM's inversion then
             # CFG): render both branches' objects in one pass, which shares the cubes' geometry.
@@ -239,7 +242,7 @@ class ProceduralPrior:
             f"x_t: expected {want} (B, C, H, W of the bound cameras), got {tuple(x_t.shape)}")
 
     def posterior(self, x_t: Tensor, t: Tensor, vc: ViewCond, branch: str = "cond") -> Tensor:
-        """Posterior mode weights w [B, K] of x_t [B, 3, H, W] at t [B] (branch "cond" or "uncond")."""
+        """Posterior mode weights w [B, K] of x_t [B, 3, H, W] at t [B] (branch "cond", "uncond", "empty")."""
         self._check_x(x_t, vc)
         m = self.modes(vc, branch)
         ab, v = self._schedule(t, x_t)

@@ -36,7 +36,7 @@ from .base import Cond, PriorError, ViewCond
 from .depth import MonocularDepth
 from .hub import load, require_subfolders
 
-BRANCHES = ("cfg", "cond", "uncond")
+BRANCHES = ("cfg", "cond", "uncond", "empty")
 VIEW_MODES = ("suffix", "interpolate", "off")
 VIEWS = ("front", "side", "back", "overhead")
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -77,10 +77,12 @@ class StableDiffusionSettings:
 
 @dataclass(frozen=True)
 class SDCond:
-    """Cond.data: the prompt's embeddings by view ("" = as typed) and the unconditional one, each [1, L, D]."""
+    """Cond.data: the prompt's embeddings by view ("" = as typed), CFG's unconditional one (the negative
+    prompt's) and the empty prompt's, each [1, L, D]."""
 
     views: dict[str, Tensor]
     uncond: Tensor
+    empty: Tensor
 
 
 @dataclass
@@ -90,6 +92,7 @@ class SDView:
     cond: Tensor
     uncond: Tensor
     size: tuple[int, int]
+    empty: Tensor | None = None  # [B, L, D]; None: the same as uncond (no negative prompt)
 
 
 def interpolation_weights(azimuth_deg: Tensor) -> Tensor:
@@ -234,13 +237,13 @@ class StableDiffusionPrior:
         return self._text_cache[key]
 
     def embed(self, prompt: str, negative: str = "") -> Cond:
-        """The prompt's embeddings (as typed and per view, per settings.view_prompt) and the negative
-        prompt's (the empty prompt's when none) for the unconditional branch."""
+        """The prompt's embeddings (as typed and per view, per settings.view_prompt), the negative
+        prompt's (the empty prompt's when none) for CFG's unconditional branch, and the empty prompt's."""
         views = {"": self.text_embedding(prompt)}
         if self.settings.view_prompt != "off":
             names = VIEWS if self.settings.view_prompt == "suffix" else VIEWS[:3]
             views.update({v: self.text_embedding(prompt, v) for v in names})
-        return Cond(prompt, negative, SDCond(views, self.text_embedding(negative)))
+        return Cond(prompt, negative, SDCond(views, self.text_embedding(negative), self.text_embedding("")))
 
     def view_cond(self, cond: Cond, cameras: CameraBatch | Cameras, background: Tensor | None = None) -> ViewCond:
         """Per-camera embeddings for B cameras. A bare `Cameras` (no azimuth) uses the prompt as typed.
@@ -258,7 +261,8 @@ class StableDiffusionPrior:
             emb = torch.einsum("bv,vld->bld", w, basis)
         else:
             emb = data.views[""].expand(B, -1, -1)
-        return ViewCond(cond, B, SDView(emb, data.uncond.expand(B, -1, -1), (cams.height, cams.width)))
+        empty = data.empty.expand(B, -1, -1) if cond.negative else None
+        return ViewCond(cond, B, SDView(emb, data.uncond.expand(B, -1, -1), (cams.height, cams.width), empty))
 
     # ----- image <-> latent ------------------------------------------------------------------------
     def _vae_size(self, H: int, W: int) -> tuple[int, int]:
@@ -313,6 +317,8 @@ class StableDiffusionPrior:
             return self._unet_eps(x_t, t, data.cond).to(x_t.dtype)
         if branch == "uncond":
             return self._unet_eps(x_t, t, data.uncond).to(x_t.dtype)
+        if branch == "empty":
+            return self._unet_eps(x_t, t, data.uncond if data.empty is None else data.empty).to(x_t.dtype)
         if branch != "cfg":
             raise ValueError(f"predict_noise: branch must be one of {BRANCHES}, got {branch!r}")
         if guidance_scale is None:
