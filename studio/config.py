@@ -71,6 +71,11 @@ class RunSettings:
     gradients (headless runs exit with status 1); 1: never"""
     skip_window: int = 20
     """how many recent steps run.skip_pause_share looks at"""
+    checkpoint_every: int = 0
+    """write a checkpoint into the run folder every this many steps, so a killed run resumes from it
+    (0: only on exit and when asked; batch jobs default to 100)"""
+    checkpoint_keep: int = 1
+    """how many of those periodic checkpoints to keep: older ones this run wrote are removed (0: keep all)"""
 
     def validate(self) -> None:
         _check("run.steps", self.steps, 1, 1_000_000)
@@ -83,6 +88,8 @@ class RunSettings:
         _check("run.grad_clip", self.grad_clip, 0.0, 1e6)
         _check("run.skip_pause_share", self.skip_pause_share, 0.0, 1.0)
         _check("run.skip_window", self.skip_window, 1, 10_000)
+        _check("run.checkpoint_every", self.checkpoint_every, 0, 1_000_000)
+        _check("run.checkpoint_keep", self.checkpoint_keep, 0, 10_000)
 
 
 @dataclass(frozen=True)

@@ -253,8 +253,32 @@ class Session:
         if every and tr.iteration % every == 0 and not st.keep_good():
             self._scene_went_bad()
             return
+        self._checkpoint_if_due()
         self._check_plan()
         self.publish()
+
+    def _checkpoint_if_due(self) -> None:
+        """Every run.checkpoint_every steps: the metrics up to this step and a checkpoint (atomic) on disk, so
+        that a process killed later resumes here; only the newest run.checkpoint_keep of them stay. A write
+        that fails is a warning: training goes on."""
+        st, run = self.state, self.state.trainer.cfg.run
+        step = st.trainer.iteration
+        if not run.checkpoint_every or step % run.checkpoint_every:
+            return
+        self.publish(force=True)  # first the metrics up to this step: on disk, and in the checkpoint's history
+        try:
+            path = handlers.save(st, None)
+        except OSError as e:
+            st.event("warning", f"the checkpoint of step {step} could not be written ({_one_line(e)}); "
+                                f"training goes on")
+            return
+        st.periodic = (*(p for p in st.periodic if p != path), path)
+        while run.checkpoint_keep and len(st.periodic) > run.checkpoint_keep:
+            old, st.periodic = st.periodic[0], st.periodic[1:]
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as e:
+                st.event("warning", f"the older checkpoint {old.name} could not be removed ({_one_line(e)})")
 
     def _too_many_skips(self, skipped: bool) -> bool:
         """Pause (as an error: headless runs stop) when more than run.skip_pause_share of the last

@@ -45,6 +45,7 @@ class SessionState:
     latest_score: Any = None  # the last RefScore (its mode picks the reference shown)
     good: GoodCopy | None = None
     saved_iteration: int | None = None  # iteration of the last checkpoint written or loaded
+    periodic: tuple[Path, ...] = ()  # checkpoints written every run.checkpoint_every steps, oldest first
 
     # ----- events and segments --------------------------------------------------------------------
     def event(self, level: str, text: str, path: str | None = None) -> None:
