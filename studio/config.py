@@ -135,12 +135,29 @@ class PriorSettings:
     """SD only: replay the compiled UNet as CUDA graphs (needs CUDA and compile); auto = on with both"""
     attention_slicing: bool = False
     """SD only: slice attention to save memory on small GPUs"""
+    perp_neg: bool = False
+    """SD only: Perp-Neg, the prompt's other views as perpendicular negatives (LucidDreamer, against multiple faces)"""
+    perp_neg_w: float = -2.0
+    """SD only: Perp-Neg's negative weight, in [-10, 0]"""
+    perp_neg_front_decay: float = 2.0
+    """SD only: Perp-Neg's fall-off of the front negative with the angle"""
+    perp_neg_side_decay: float = 10.0
+    """SD only: Perp-Neg's fall-off of the side negative with the angle"""
+    lora: str = ""
+    """SD only: LoRA weights fused into the UNet (a folder, .safetensors file or hub id); empty: none"""
+    lora_scale: float = 1.0
+    """SD only: strength of the LoRA, in [0, 4]"""
+
 
     def validate(self) -> None:
         if not self.model.strip():
             raise ConfigError("prior.model: give 'procedural' or a Stable Diffusion hub id / folder")
         _check("prior.s_d", self.s_d, 1e-4, 10.0)
         _check("prior.image_size", self.image_size, 64, 2048)
+        _check("prior.perp_neg_w", self.perp_neg_w, -10.0, 0.0)
+        _check("prior.perp_neg_front_decay", self.perp_neg_front_decay, 0.0, 100.0)
+        _check("prior.perp_neg_side_decay", self.perp_neg_side_decay, 0.0, 100.0)
+        _check("prior.lora_scale", self.lora_scale, 0.0, 4.0)
         if self.cuda_graphs == "on" and self.compile == "off":
             raise ConfigError("prior.cuda_graphs: the graphs are captured by torch.compile; "
                               "set prior.compile to on or auto, or prior.cuda_graphs to off")

@@ -43,7 +43,9 @@ def build_prior(cfg: StudioConfig, device: torch.device):
     return make_prior(p.model, device=device, dtype=p.dtype, vae_dtype=p.vae_dtype, image_size=p.image_size,
                       sdpa=p.sdpa, channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
                       attention_slicing=p.attention_slicing, view_prompt=cfg.prompt.view_prompt,
-                      depth_model=p.depth_model)
+                      depth_model=p.depth_model, perp_neg=p.perp_neg, perp_neg_w=p.perp_neg_w,
+                      perp_neg_front_decay=p.perp_neg_front_decay, perp_neg_side_decay=p.perp_neg_side_decay,
+                      lora=p.lora, lora_scale=p.lora_scale)
 
 
 class Trainer:

@@ -4,6 +4,7 @@ v-prediction, depth, and the errors a missing model gives."""
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported by anything below
@@ -14,7 +15,7 @@ import torch  # noqa: E402
 from guidance.priors import PriorError, make_prior  # noqa: E402
 from guidance.priors.stable_diffusion import StableDiffusionPrior, interpolation_weights  # noqa: E402
 from renderers.camera import CameraBatch, orbit, view_bucket  # noqa: E402
-from tiny_models import save_tiny_dpt, save_tiny_sd  # noqa: E402
+from tiny_models import TEXT_WIDTH, save_tiny_dpt, save_tiny_lora, save_tiny_sd, tiny_lora_unet  # noqa: E402
 
 SIZE = 24  # render size; the VAE sees 32 px, the UNet 16 x 16 latents
 
@@ -138,6 +139,86 @@ def test_ism_inverts_with_the_empty_prompt_and_uses_the_negative_only_in_cfg(pri
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([300, 300])
     torch.testing.assert_close(prior.predict_noise(x, t, plain, None, branch="empty"),
                                prior.predict_noise(x, t, plain, None, branch="uncond"))
+
+
+def test_lora_weights_load_through_diffusers_and_are_fused_into_the_unet(folders, tmp_path):
+    lora = save_tiny_lora(tmp_path / "lora", folders["sd"], seed=3)
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([200, 700])
+    emb = torch.randn(2, 77, TEXT_WIDTH, generator=torch.Generator().manual_seed(2))
+    reference = tiny_lora_unet(folders["sd"], seed=3)  # the adapter itself, not fused
+    plain = make_prior(str(folders["sd"]), image_size=32, device="cpu")
+    with torch.no_grad():
+        want = reference(x, t, encoder_hidden_states=emb).sample
+        for scale, expected in ((1.0, want), (0.0, plain._unet_eps(x, t, emb))):
+            p = make_prior(str(folders["sd"]), image_size=32, device="cpu", lora=str(lora), lora_scale=scale)
+            assert not any("lora" in n for n, _ in p.unet.named_parameters()), "fused: no adapter left"
+            torch.testing.assert_close(p._unet_eps(x, t, emb), expected, rtol=1e-4, atol=1e-5)
+        assert (want - plain._unet_eps(x, t, emb)).abs().max() > 1e-3, "the LoRA must change the UNet"
+    for bad, needle in ((tmp_path / "no_such_lora", "cannot read LoRA weights"),
+                        (tmp_path / "lora" / "pytorch_lora_weights.safetensors.missing", "cannot read")):
+        with pytest.raises(PriorError) as err:
+            make_prior(str(folders["sd"]), image_size=32, device="cpu", lora=str(bad))
+        text = str(err.value)
+        assert "\n" not in text and text.startswith("prior.lora: ") and needle in text, text
+
+
+def slow_perp_neg(prior, x, t, prompt: str, negative: str, azimuths, scale: float, w=-2.0, fd=2.0, sd=10.0):
+    """Perp-Neg written out camera by camera, with one UNet call per prompt (the reference)."""
+    import math
+
+    def emb(view):
+        return prior.text_embedding(prompt, view)
+
+    out = []
+    for b, az in enumerate(azimuths):
+        a = abs((az + 180.0) % 360.0 - 180.0)
+        if a < 90:
+            r = 1 - a / 90
+            pos = r * emb("front") + (1 - r) * emb("side")
+            negs = [(emb("front"), 0.0 if r > 0.8 else w * math.exp(-r * fd)),
+                    (emb("side"), 0.0 if r < 0.2 else w * math.exp(-(1 - r) * sd))]
+        else:
+            r = 2 - a / 90
+            pos = r * emb("side") + (1 - r) * emb("back")
+            negs = [(emb("side"), 0.0 if r > 0.8 else w * math.exp(-r * sd) / 2), (emb("front"), w)]
+        xb, tb = x[b:b + 1], t[b:b + 1]
+        e_u = prior._unet_eps(xb, tb, prior.text_embedding(negative))
+        d0 = prior._unet_eps(xb, tb, pos) - e_u
+        total = d0.clone()
+        for e_neg, weight in negs:
+            d = prior._unet_eps(xb, tb, e_neg) - e_u
+            total += weight * (d - (d * d0).sum() / max(float((d0 * d0).sum()), 1e-6) * d0)
+        out.append(e_u + scale * total)
+    return torch.cat(out)
+
+
+def test_perp_neg_matches_a_camera_by_camera_reference(folders):
+    p = make_prior(str(folders["sd"]), image_size=32, device="cpu", perp_neg=True, view_prompt="off")
+    azimuths = (0.0, 30.0, 80.0, 90.0, 100.0, 150.0, 180.0, -120.0)  # every branch of the weights
+    cams = camera_batch(azimuths)
+    vc = p.view_cond(p.embed("a cube", negative="blurry"), cams, torch.ones(len(azimuths), 3))
+    x = torch.randn(len(azimuths), 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    t = torch.randint(50, 950, (len(azimuths),), generator=torch.Generator().manual_seed(5))
+    with Counter(p.unet) as calls:
+        e = p.predict_noise(x, t, vc, 7.5)
+    assert calls.batches == [4 * len(azimuths)], "Perp-Neg is one UNet call on 4B latents"
+    with torch.no_grad():
+        ref = slow_perp_neg(p, x, t, "a cube", "blurry", azimuths, 7.5)
+    torch.testing.assert_close(e, ref, rtol=1e-3, atol=2e-4)  # batched vs one-by-one UNet calls, x 7.5 x 2
+    plain = p.predict_noise(x, t, p.view_cond(p.embed("a cube", negative="blurry"), cams.cameras,
+                                              torch.ones(len(azimuths), 3)), 7.5)  # bare cameras: plain CFG
+    assert (plain - e).abs().max() > 1e-4
+
+
+def test_perp_neg_weights_at_the_landmarks():
+    from guidance.priors.stable_diffusion import perp_neg_weights
+
+    pos, idx, w = perp_neg_weights(torch.tensor([0.0, 90.0, 180.0, -45.0]), -2.0, 2.0, 10.0)
+    torch.testing.assert_close(pos, torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0.5, 0]]))
+    assert idx.tolist() == [[0, 1], [1, 0], [1, 0], [0, 1]]  # (front, side) in front, (side, front) behind
+    torch.testing.assert_close(w, torch.tensor([[0.0, -2.0], [0.0, -2.0], [-1.0, -2.0],
+                                                [-2.0 * math.exp(-1.0), -2.0 * math.exp(-5.0)]]))
 
 
 def test_text_embeddings_are_cached_per_prompt_and_view(prior):

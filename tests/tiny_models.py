@@ -106,3 +106,32 @@ def save_tiny_dpt(folder: Path, seed: int = 0) -> Path:
     DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8,
                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(folder)
     return folder
+
+
+def tiny_lora_unet(sd_folder: Path, seed: int = 0, rank: int = 4):
+    """The tiny SD's UNet with a LoRA adapter on its attention projections, every LoRA weight drawn from
+    `seed` (peft would start the up-weights at 0, no change at all, and the down-weights from the global
+    random state)."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_folder) / "unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(seed)
+    for name, p in unet.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            p.data.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return unet.eval()
+
+
+def save_tiny_lora(folder: Path, sd_folder: Path, seed: int = 0) -> Path:
+    """LoRA weights for the tiny SD's UNet, saved as diffusers' save_lora_weights writes them."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(tiny_lora_unet(sd_folder, seed)))
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers,
+                                              safe_serialization=True)
+    return Path(folder)

@@ -28,7 +28,8 @@ def make_prior(model: str, **options: Any) -> DiffusionPrior:
         options: keyword settings of the chosen prior. procedural: the fields of ProceduralSettings
             (s_d, far_depth, objects_path, num_train_timesteps) plus renderer and device.
             Stable Diffusion: the fields of StableDiffusionSettings (dtype, image_size, view_prompt,
-            vae_dtype, sdpa, channels_last, compile, cuda_graphs, attention_slicing, depth_model) plus device.
+            vae_dtype, sdpa, channels_last, compile, cuda_graphs, attention_slicing, depth_model, perp_neg*,
+            lora, lora_scale) plus device.
     Raises PriorError for an unknown option, a bad value or a model that cannot be loaded.
     """
     if not isinstance(model, str) or not model.strip():

@@ -10,6 +10,24 @@ View-dependent prompts (METHODS.md): "suffix" appends ", front view" / ", side v
 embeddings linearly in |azimuth| (front at 0, side at 90, back at 180 degrees); "off" uses the prompt as
 typed. Text embeddings are cached per (prompt, view suffix) for the prior's lifetime.
 
+Perp-Neg (`perp_neg`, as LucidDreamer and threestudio use it against multi-faced objects): the prompt
+blended between two neighbouring views is the positive direction, and the prompt's other views are
+negatives whose components perpendicular to it are pushed away, with weights that fall off with the
+angle (`perp_neg_weights`). Per camera, with a = |azimuth| in [0, 180] and d = e(prompt) - e_u:
+
+    a < 90:  r = 1 - a / 90;  positive r front + (1 - r) side;  negatives front (w_f), side (w_s)
+             w_f = 0 if r > 0.8 else w exp(-r f_d);   w_s = 0 if r < 0.2 else w exp(-(1 - r) s_d)
+    a >= 90: r = 2 - a / 90;  positive r side + (1 - r) back;   negatives side (w_s), front (w)
+             w_s = 0 if r > 0.8 else w exp(-r s_d) / 2
+    e = e_u + s (d_pos + sum_k w_k perp(d_k, d_pos)),   perp(x, y) = x - <x, y> / max(|y|^2, 1e-6) y
+
+w = `perp_neg_w` (-2), f_d, s_d = `perp_neg_front_decay` (2), `perp_neg_side_decay` (10); e_u is CFG's
+unconditional branch (the negative prompt's). It is one UNet call on 4B latents instead of 2B.
+
+LoRA (`lora`: a folder or hub id holding LoRA weights for the UNet, in diffusers' or kohya's layout) is
+loaded through diffusers' LoRA loader into the UNet and fused at `lora_scale` before anything else
+(precision, compile), so it costs nothing per step.
+
 How it runs on the hardware is accel.py's business: on CUDA by default the UNet and text encoder run
 in bf16 (fp16 where the GPU lacks bf16), the VAE and depth network in bf16, all with SDPA attention and
 channels-last, and the UNet through torch.compile with CUDA graphs; each lever can be turned off. On
@@ -66,11 +84,28 @@ class StableDiffusionSettings:
     """compute attention in slices: less memory, a little slower"""
     depth_model: str = "Intel/dpt-hybrid-midas"
     """monocular depth model for estimate_depth / estimate_disparity (hub id or folder), loaded on first use"""
+    perp_neg: bool = False
+    """Perp-Neg: the prompt's other views as perpendicular negatives (see the module doc)"""
+    perp_neg_w: float = -2.0
+    """Perp-Neg: the negatives' weight w, in [-10, 0]"""
+    perp_neg_front_decay: float = 2.0
+    """Perp-Neg: fall-off f_d of the front negative with the angle, in [0, 100]"""
+    perp_neg_side_decay: float = 10.0
+    """Perp-Neg: fall-off s_d of the side negative with the angle, in [0, 100]"""
+    lora: str = ""
+    """LoRA weights for the UNet: a folder or hub id (diffusers' load_lora_weights layout); empty: none"""
+    lora_scale: float = 1.0
+    """strength of the LoRA, fused into the UNet's weights; in [0, 4]"""
 
     def validate(self) -> None:
         A.check_choices(self)
         if not 8 <= int(self.image_size) <= 2048:
             raise PriorError(f"sd.image_size: must lie in [8, 2048] px, got {self.image_size!r}")
+        for name, lo, hi in (("perp_neg_w", -10.0, 0.0), ("perp_neg_front_decay", 0.0, 100.0),
+                             ("perp_neg_side_decay", 0.0, 100.0), ("lora_scale", 0.0, 4.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise PriorError(f"sd.{name}: must lie in [{lo:g}, {hi:g}], got {value!r}")
         if self.view_prompt not in VIEW_MODES:
             raise PriorError(f"sd.view_prompt: choose one of {', '.join(VIEW_MODES)}; got {self.view_prompt!r}")
 
@@ -93,6 +128,32 @@ class SDView:
     uncond: Tensor
     size: tuple[int, int]
     empty: Tensor | None = None  # [B, L, D]; None: the same as uncond (no negative prompt)
+    negatives: Tensor | None = None  # Perp-Neg: [2, B, L, D] the negative views' embeddings
+    negative_weights: Tensor | None = None  # Perp-Neg: [B, 2] their weights (0: unused)
+
+
+def perp_neg_weights(azimuth_deg: Tensor, w: float, front_decay: float, side_decay: float
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Perp-Neg's per-camera blend (module doc) for azimuths [B]: the positive's weights [B, 3] over
+    (front, side, back), the negatives' view indices [B, 2] into (front, side, back) and weights [B, 2]."""
+    a = ((azimuth_deg.double() + 180.0) % 360.0 - 180.0).abs()  # [B] in [0, 180]
+    front_half = a < 90.0
+    r = torch.where(front_half, 1.0 - a / 90.0, 2.0 - a / 90.0)  # [B] in (0, 1]
+    zero = torch.zeros_like(r)
+    pos = torch.where(front_half[:, None], torch.stack([r, 1 - r, zero], -1), torch.stack([zero, r, 1 - r], -1))
+    idx = torch.where(front_half[:, None], torch.tensor([0, 1]), torch.tensor([1, 0]))
+    w_front_half = torch.stack([torch.where(r > 0.8, zero, w * torch.exp(-r * front_decay)),
+                                torch.where(r < 0.2, zero, w * torch.exp(-(1 - r) * side_decay))], -1)
+    w_back_half = torch.stack([torch.where(r > 0.8, zero, w * torch.exp(-r * side_decay) / 2), zero + w], -1)
+    weights = torch.where(front_half[:, None], w_front_half, w_back_half)
+    return pos.float(), idx, weights.float()
+
+
+def perpendicular(x: Tensor, y: Tensor) -> Tensor:
+    """Per batch item, x minus its projection on y: x - <x, y> / max(|y|^2, 1e-6) y, for [B, ...]."""
+    dot = (x * y).flatten(1).sum(1)
+    norm2 = (y * y).flatten(1).sum(1).clamp_min(1e-6)
+    return x - (dot / norm2).view(-1, *([1] * (x.dim() - 1))) * y
 
 
 def interpolation_weights(azimuth_deg: Tensor) -> Tensor:
@@ -140,6 +201,33 @@ def load_checkpoint(src: str, unet_dtype: torch.dtype = torch.float32, vae_dtype
         raise PriorError(f"the Stable Diffusion tokenizer of {src!r} has an empty vocabulary; "
                          f"tokenizer/ must hold vocab.json and merges.txt. {FALLBACK}")
     return unet, vae, scheduler, tokenizer, text_encoder
+
+
+def apply_lora(unet, source: str, scale: float) -> None:
+    """Load LoRA weights for the UNet (a folder holding pytorch_lora_weights.safetensors, a .safetensors
+    file or a hub id; diffusers' or kohya's key layout) and fuse them into its weights at `scale`; no
+    adapter stays behind. The UNet changes in place. Raises PriorError (one line) naming prior.lora."""
+    if importlib.util.find_spec("peft") is None:
+        raise PriorError("prior.lora: loading LoRA weights needs the peft package (pip install peft)")
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
+
+    how = ("give a folder holding pytorch_lora_weights.safetensors, a .safetensors file or a hub id "
+           "(downloaded once with `hf download <id>`), or leave prior.lora empty")
+    try:
+        state, alphas = Loader.lora_state_dict(source)[:2]
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0].rstrip(".")[:200] if str(e).strip() else type(e).__name__
+        raise PriorError(f"prior.lora: cannot read LoRA weights from {source!r} ({reason}); {how}") from None
+    if not any(k.startswith("unet.") or "lora" in k for k in state):
+        raise PriorError(f"prior.lora: {source!r} holds no LoRA weights for the UNet; {how}")
+    try:
+        Loader.load_lora_into_unet(state, alphas, unet=unet, adapter_name="studio")
+        unet.fuse_lora(lora_scale=float(scale), adapter_names=["studio"])
+        unet.unload_lora()
+    except (ValueError, KeyError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PriorError(f"prior.lora: the LoRA weights in {source!r} do not fit this UNet ({reason}); "
+                         "use weights trained for this Stable Diffusion version") from None
 
 
 class StableDiffusionPrior:
@@ -208,6 +296,8 @@ class StableDiffusionPrior:
         self.vae_scale = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        if self.settings.lora:
+            apply_lora(unet, self.settings.lora, self.settings.lora_scale)
         ac = self.accel
         # nn.Module.to, not diffusers' override, which warns about fp32-only modules on every cast
         self.unet = torch.nn.Module.to(unet, self.device, ac.unet_dtype).eval().requires_grad_(False)
@@ -243,6 +333,8 @@ class StableDiffusionPrior:
         if self.settings.view_prompt != "off":
             names = VIEWS if self.settings.view_prompt == "suffix" else VIEWS[:3]
             views.update({v: self.text_embedding(prompt, v) for v in names})
+        if self.settings.perp_neg:
+            views.update({v: self.text_embedding(prompt, v) for v in VIEWS[:3]})
         return Cond(prompt, negative, SDCond(views, self.text_embedding(negative), self.text_embedding("")))
 
     def view_cond(self, cond: Cond, cameras: CameraBatch | Cameras, background: Tensor | None = None) -> ViewCond:
@@ -262,7 +354,16 @@ class StableDiffusionPrior:
         else:
             emb = data.views[""].expand(B, -1, -1)
         empty = data.empty.expand(B, -1, -1) if cond.negative else None
-        return ViewCond(cond, B, SDView(emb, data.uncond.expand(B, -1, -1), (cams.height, cams.width), empty))
+        view = SDView(emb, data.uncond.expand(B, -1, -1), (cams.height, cams.width), empty)
+        if self.settings.perp_neg and isinstance(cameras, CameraBatch):
+            s = self.settings
+            pos, idx, weights = perp_neg_weights(cameras.azimuth_deg, s.perp_neg_w, s.perp_neg_front_decay,
+                                                 s.perp_neg_side_decay)
+            basis = torch.cat([data.views[v] for v in VIEWS[:3]])  # [3, L, D]
+            view.cond = torch.einsum("bv,vld->bld", to_device(pos, self.device, self.dtype), basis)
+            view.negatives = basis[to_device(idx.T, self.device)]  # [2, B, L, D]
+            view.negative_weights = to_device(weights, self.device)
+        return ViewCond(cond, B, view)
 
     # ----- image <-> latent ------------------------------------------------------------------------
     def _vae_size(self, H: int, W: int) -> tuple[int, int]:
@@ -323,9 +424,21 @@ class StableDiffusionPrior:
             raise ValueError(f"predict_noise: branch must be one of {BRANCHES}, got {branch!r}")
         if guidance_scale is None:
             raise ValueError("predict_noise: branch 'cfg' needs a guidance_scale")
+        if data.negatives is not None:
+            return self._perp_neg(x_t, t, data, guidance_scale)
         e = self._unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([data.uncond, data.cond]))
         e_u, e_c = e.chunk(2)
         return (e_u + guidance_scale * (e_c - e_u)).to(x_t.dtype)
+
+    def _perp_neg(self, x_t: Tensor, t: Tensor, data: SDView, guidance_scale: float) -> Tensor:
+        """Perp-Neg's guided prediction (module doc): one UNet call on 4B latents."""
+        emb = torch.cat([data.uncond, data.cond, data.negatives[0], data.negatives[1]])
+        e = self._unet_eps(torch.cat([x_t] * 4), torch.cat([t] * 4), emb)
+        e_u, e_pos, e_n0, e_n1 = e.chunk(4)
+        d_pos = e_pos - e_u
+        w = data.negative_weights.float()
+        push = sum(w[:, k].view(-1, 1, 1, 1) * perpendicular(e_n - e_u, d_pos) for k, e_n in enumerate((e_n0, e_n1)))
+        return (e_u + guidance_scale * (d_pos + push)).to(x_t.dtype)
 
     # ----- geometry (SSD baselines) ----------------------------------------------------------------
     @property
