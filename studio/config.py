@@ -1,7 +1,7 @@
 """Every setting of a session, as frozen dataclasses with validation, presets and JSON round trip.
 
-Sections: `prompt`, `run`, `render`, `camera`, `prior`, `init`, `optim`, `densify`, and one per estimator
-(`sds`, `ism`, `ssd`). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the
+Sections: `prompt`, `run`, `render`, `camera`, `prior`, `init`, `optim`, `densify`, one per estimator
+(`sds`, `ism`, `ssd`), `reg` (regularizers beside the distillation loss) and `zoom` (the camera schedule). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the
 command line, JSON from presets and values from the UI into typed values. A config is validated once,
 where it is made (`validate`), and passed down whole.
 """
@@ -148,7 +148,6 @@ class PriorSettings:
     lora_scale: float = 1.0
     """SD only: strength of the LoRA, in [0, 4]"""
 
-
     def validate(self) -> None:
         if not self.model.strip():
             raise ConfigError("prior.model: give 'procedural' or a Stable Diffusion hub id / folder")
@@ -188,6 +187,59 @@ class InitSettings:
 
 
 @dataclass(frozen=True)
+class RegSettings:
+    """Losses beside the distillation loss, each weight 0 (off) by default; LucidDreamer uses 1, 1, 1."""
+
+    tv_rgb: float = 0.0
+    """weight of the total variation of the rendered colours: 2 (mean dh^2 + mean dw^2) of neighbouring pixels"""
+    tv_depth: float = 0.0
+    """weight of the total variation of the rendered depth (world units), as tv_rgb"""
+    mean_scale: float = 0.0
+    """weight of the Gaussians' mean size (activated scales, world units): keeps them from growing into blobs"""
+
+    def validate(self) -> None:
+        for name in ("tv_rgb", "tv_depth", "mean_scale"):
+            _check(f"reg.{name}", getattr(self, name), 0.0, 1e4)
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    """The camera schedule (LucidDreamer's scale-up): every `every` steps the radius range is multiplied by
+    radius_factor (never below radius_min) and the field of view's ends by fovy_factor (within fovy_limit)."""
+
+    every: int = 0
+    """steps between zooms (0: off; LucidDreamer: 500)"""
+    radius_factor: float = 0.95
+    """radius range multiplier per zoom, in [0.5, 1.5]"""
+    radius_min: tuple[float, float] = (0.0, 0.0)
+    """the nearest each end of the radius range may come, world units"""
+    fovy_factor: tuple[float, float] = (1.0, 1.0)
+    """multipliers of the field of view's (min, max) per zoom (LucidDreamer: 0.75, 1.1)"""
+    fovy_limit: tuple[float, float] = (1.0, 170.0)
+    """the field of view's range never leaves these degrees"""
+
+    def validate(self) -> None:
+        _check("zoom.every", self.every, 0, 1_000_000)
+        _check("zoom.radius_factor", self.radius_factor, 0.5, 1.5)
+        for name, lo, hi in (("radius_min", 0.0, 1e3), ("fovy_factor", 0.5, 2.0), ("fovy_limit", 1.0, 170.0)):
+            pair = getattr(self, name)
+            for i, v in enumerate(pair):
+                _check(f"zoom.{name}[{i}]", v, lo, hi)
+        if self.fovy_limit[0] > self.fovy_limit[1]:
+            raise ConfigError(f"zoom.fovy_limit: need min <= max, got {self.fovy_limit}")
+
+    def apply(self, camera: CameraRanges, step: int) -> CameraRanges:
+        """The camera ranges at `step` (0-based)."""
+        if self.every <= 0 or step < self.every:
+            return camera
+        n = step // self.every
+        r = tuple(max(lo, v * self.radius_factor**n) for v, lo in zip(camera.radius, self.radius_min))
+        f_lo = max(self.fovy_limit[0], min(self.fovy_limit[1], camera.fovy_deg[0] * self.fovy_factor[0] ** n))
+        f_hi = min(self.fovy_limit[1], max(self.fovy_limit[0], camera.fovy_deg[1] * self.fovy_factor[1] ** n))
+        return replace(camera, radius=(min(r), max(r)), fovy_deg=(min(f_lo, f_hi), max(f_lo, f_hi)))
+
+
+@dataclass(frozen=True)
 class StudioConfig:
     prompt: PromptSettings = field(default_factory=PromptSettings)
     run: RunSettings = field(default_factory=RunSettings)
@@ -200,6 +252,8 @@ class StudioConfig:
     sds: SDSSettings = field(default_factory=SDSSettings)
     ism: ISMSettings = field(default_factory=ISMSettings)
     ssd: SSDSettings = field(default_factory=SSDSettings)
+    reg: RegSettings = field(default_factory=RegSettings)
+    zoom: ZoomSettings = field(default_factory=ZoomSettings)
 
     def estimator_settings(self, method: str | None = None) -> Any:
         return getattr(self, method or self.run.method)
@@ -294,7 +348,7 @@ def load_preset(name: str, base: StudioConfig | None = None) -> StudioConfig:
     return from_json(data, base=base or method_defaults())
 
 
-LIVE_PRESET_SKIPS = ("prompt.", "run.steps")  # what a preset picked while running leaves alone
+LIVE_PRESET_SKIPS = ("prompt.prompt", "prompt.negative", "run.steps")  # what a preset picked while running leaves alone
 
 
 def live_preset_values(name: str) -> dict[str, Any]:

@@ -48,6 +48,26 @@ def build_prior(cfg: StudioConfig, device: torch.device):
                       lora=p.lora, lora_scale=p.lora_scale)
 
 
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """2 (mean of squared vertical differences + mean of squared horizontal ones) of images x [B, H, W, C]
+    (LucidDreamer's tv_loss, per image and channel, averaged over the batch)."""
+    dh = (x[:, 1:] - x[:, :-1]).square().mean()
+    dw = (x[:, :, 1:] - x[:, :, :-1]).square().mean()
+    return 2 * (dh + dw)
+
+
+def regularizers(reg: Any, out: RenderOutput, params: Any) -> torch.Tensor | None:
+    """reg.tv_rgb TV(rgb) + reg.tv_depth TV(depth) + reg.mean_scale mean(scales); None when all are off."""
+    terms = []
+    if reg.tv_rgb > 0:
+        terms.append(reg.tv_rgb * total_variation(out.rgb))
+    if reg.tv_depth > 0:
+        terms.append(reg.tv_depth * total_variation(out.depth))
+    if reg.mean_scale > 0 and params.scales.numel():
+        terms.append(reg.mean_scale * params.scales.mean())
+    return sum(terms) if terms else None
+
+
 class Trainer:
     """Args:
         cfg: a validated config
@@ -195,6 +215,7 @@ class Trainer:
         """One optimization step (DESIGN.md's data flow). Returns diagnostics as tensors."""
         cfg = self.cfg
         step = self.iteration
+        self.sampler.ranges = cfg.zoom.apply(cfg.camera, step)  # the camera schedule (zoom.*), by step
         batch = self.sampler.sample(cfg.render.batch)
         cams = batch.cameras.to(self.device)
         batch = replace(batch, cameras=cams)
@@ -205,7 +226,8 @@ class Trainer:
         self.scene.pre_backward(step, out.info)
         vc = self.prior.view_cond(self.cond, batch, bg)
         result = self.estimator(self.prior, out, batch, vc, step)
-        result.loss.backward()
+        reg = regularizers(cfg.reg, out, params)
+        (result.loss if reg is None else result.loss + reg).backward()
         bad = self.scene.nonfinite_grads()
         if bad:
             self.scene.zero_grad()
@@ -225,6 +247,8 @@ class Trainer:
                                         depth=out.depth[:1].detach(), normal=out.normal[:1].detach())
         diag = dict(result.diagnostics)
         diag["loss"] = result.loss.detach()
+        if reg is not None:
+            diag["reg"] = reg.detach()
         diag["step_ms"] = (time.perf_counter() - t0) * 1000.0
         return diag
 
