@@ -98,3 +98,23 @@ def test_a_step_with_the_recipe_trains_zooms_and_reports_the_regularizer():
     assert tr.sampler.ranges.radius == pytest.approx(tuple(0.5 * r for r in cfg.camera.radius))
     plain = Trainer(with_values(default_config("ism"), SMALL))
     assert "reg" not in plain.step()
+
+
+def test_the_whole_recipe_trains_on_a_tiny_stable_diffusion_with_a_lora(tmp_path, monkeypatch):
+    """lucid-sd's every piece at once, through the real loading code: a tiny random SD and LoRA on disk,
+    a negative prompt (CFG only; ISM inverts with the empty prompt), Perp-Neg, TV, scale penalty, zoom."""
+    import huggingface_hub.constants
+    from tiny_models import save_tiny_lora, save_tiny_sd
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    sd = save_tiny_sd(tmp_path / "sd")
+    lora = save_tiny_lora(tmp_path / "lora", sd)
+    cfg = with_values(load_preset("lucid-sd"), {
+        **SMALL, "prior.model": str(sd), "prior.image_size": 64, "prior.lora": str(lora),
+        "prompt.negative": "blurry", "zoom.every": 1, "ism.warmup_steps": 2})
+    tr = Trainer(cfg)
+    assert tr.prior.settings.perp_neg and tr.prior.settings.view_prompt == "interpolate"
+    for _ in range(3):
+        diag = tr.step()
+        assert "skipped" not in diag and float(diag["reg"]) > 0 and math.isfinite(float(diag["loss"]))
+    assert tr.scene.is_finite() and tr.sampler.ranges.radius[0] < cfg.camera.radius[0]
