@@ -1,8 +1,9 @@
 """Every setting of a session, as frozen dataclasses with validation, presets and JSON round trip.
 
 Sections: `prompt`, `run`, `render`, `camera`, `prior`, `init`, `optim`, `densify`, one per estimator
-(`sds`, `ism`, `ssd`), `reg` (regularizers beside the distillation loss) and `zoom` (the camera schedule). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the
-command line, JSON from presets and values from the UI into typed values. A config is validated once,
+(`sds`, `ism`, `ssd`), `reg` (regularizers beside the distillation loss) and `zoom` (the camera
+schedule). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the command line,
+JSON from presets and values from the UI into typed values. A config is validated once,
 where it is made (`validate`), and passed down whole.
 """
 

@@ -103,6 +103,25 @@ class RandomStreams:
         """n timesteps uniform on {lo, ..., hi_inclusive}, long, on the CPU."""
         return torch.randint(lo, hi_inclusive + 1, (n,), generator=self.timesteps)
 
+    def randint_stratified(self, lo: int, hi_inclusive: int, n: int) -> Tensor:
+        """n timesteps, one from each of n equal strata of [lo, hi_inclusive + 1), in random order: each
+        is still uniform on {lo, ..., hi_inclusive} (the strata's mixture is the whole range), but the
+        batch covers the range evenly. long, on the CPU."""
+        width = hi_inclusive + 1 - lo
+        u = torch.rand(n, generator=self.timesteps, dtype=torch.float64)
+        order = torch.randperm(n, generator=self.timesteps)
+        v = (torch.arange(n, dtype=torch.float64)[order] + u) * (width / n)  # [n] in [0, width)
+        return (lo + v.floor().long()).clamp_max(hi_inclusive)
+
+    def randn_antithetic(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        """Standard normal noise [shape] whose second half along dim 0 is minus its first half (item b +
+        B/2 gets -eps_b; an odd last item its own draw): each item is still N(0, I), the batch's noise
+        sums to zero."""
+        B = shape[0]
+        half = self.randn((B // 2, *shape[1:]), device)
+        parts = [half, -half] + ([self.randn((1, *shape[1:]), device)] if B % 2 else [])
+        return torch.cat(parts)
+
     def state_dict(self) -> dict[str, Any]:
         noise = {k: g.get_state() for k, g in self._noise.items()}
         noise.update({k: s for k, s in self._pending.items() if k not in noise})

@@ -2,7 +2,8 @@
 
 Symbols: z the latent of the render, eps ~ N(0, I), ab_t = alphas_cumprod[t], t the noisy timestep,
 s = t - dT the interval's start, dS (`delta_s`) the inversion stride, e(x, t, "") the prediction for the
-empty prompt (branch "empty": never the negative prompt, which only enters CFG, as in LucidDreamer), e_cfg the guided one (textbook CFG e_u + s (e_c - e_u)), lam the weight.
+empty prompt (branch "empty": never the negative prompt, which only enters CFG, as in LucidDreamer),
+e_cfg the guided one (textbook CFG e_u + s (e_c - e_u)), lam the weight.
 
     1. warm-up: r = 1 - min(step / warmup, 1); dT = int(delta_t + r (delta_t_start - delta_t));
        t ~ U{t_min, t_max + r (t_max_start - t_max)} (one t for the whole batch); s = max(t - dT, 0)
@@ -71,6 +72,8 @@ class ISMSettings:
     """scale of a per-channel constant added to eps (LucidDreamer: 0.1; 0: off)"""
     grad_clamp: float = 0.0
     """clamp every element of g to [-grad_clamp, grad_clamp] (0: off)"""
+    antithetic: bool = False
+    """pair the batch's noise: cameras b and b + B/2 get eps and -eps (each still N(0, I))"""
 
     def validate(self, owner: str = "ism") -> None:
         check_guidance(owner, self.guidance_scale)
@@ -142,7 +145,7 @@ def ism_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, st
     t_int = int(rng.randint(lo, hi, 1)[0])
     s_int = max(t_int - dT, 0)
     # 2. Noise, with LucidDreamer's optional per-channel offset.
-    eps = rng.randn(tuple(z.shape), z.device)
+    eps = rng.randn_antithetic(tuple(z.shape), z.device) if s.antithetic else rng.randn(tuple(z.shape), z.device)
     if s.offset_noise > 0:
         eps = eps + s.offset_noise * rng.randn((B, z.shape[1], 1, 1), z.device)
     # 3. Noise z to the first timestep, then invert to s (empty prompt, stride dS, no zero-length step).

@@ -4,7 +4,9 @@ Symbols: z the latent of the render, eps ~ N(0, I), ab_t = alphas_cumprod[t], x_
 sqrt(1 - ab_t) eps, e_cfg the prior's guided noise prediction (textbook CFG e_u + s (e_c - e_u); note
 threestudio's e_c + s (e_c - e_u) is this at s + 1), w(t) the weighting.
 
-    1. t ~ U{t_min, t_max} per batch item (or the deterministic sqrt schedule), t_max possibly annealed
+    1. t ~ U{t_min, t_max} per batch item (or the deterministic sqrt schedule), t_max possibly annealed;
+       optionally stratified across the batch (`t_sampling`), or shared by antithetic pairs (`antithetic`:
+       cameras b and b + B/2 get t_b and eps, -eps), each draw keeping its law
     2. x_t from z with fresh eps; one batched prior call for cond + uncond
     3. g = w(t) (e_cfg - eps)
     4. optional element clamp of g; non-finite entries are counted (base.finish)
@@ -53,6 +55,12 @@ class SDSSettings:
     """t_max reaches t_max_final at this step (anneal_start = anneal_end: a jump at that step)"""
     grad_clamp: float = 0.0
     """clamp every element of g to [-grad_clamp, grad_clamp] (0: off)"""
+    t_sampling: Literal["iid", "stratified"] = "iid"
+    """random schedule: iid (each camera its own t) or stratified (one t from each of B equal strata of
+    the range, in random order: each t still uniform, the batch spread evenly; variance reduction)"""
+    antithetic: bool = False
+    """pair the batch: cameras b and b + B/2 share t and get eps and -eps (each draw still as before);
+    with stratified timesteps the B/2 pairs are stratified"""
 
     def validate(self, owner: str = "sds") -> None:
         check_guidance(owner, self.guidance_scale)
@@ -65,6 +73,7 @@ class SDSSettings:
         check_range(owner, "anneal_start", self.anneal_start, 0, 10_000_000)
         check_range(owner, "anneal_end", self.anneal_end, self.anneal_start, 10_000_000)
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
+        check_choice(owner, "t_sampling", self.t_sampling, ("iid", "stratified"))
 
 
 def t_max_at(s: SDSSettings, step: int) -> float:
@@ -88,7 +97,10 @@ def sds_timesteps(s: SDSSettings, step: int, batch: int, T: int, rng: RandomStre
     lo = frac_to_step(s.t_range[0], T)
     hi = max(frac_to_step(t_max_at(s, step), T), lo)
     if s.schedule == "random":
-        return rng.randint(lo, hi, batch)
+        pairs = batch // 2 if s.antithetic else 0  # antithetic pairs share their t: b + B/2 takes t_b
+        n = batch - pairs
+        t = rng.randint_stratified(lo, hi, n) if s.t_sampling == "stratified" else rng.randint(lo, hi, n)
+        return torch.cat([t[:pairs], t]) if pairs else t
     frac = math.sqrt(min(step / s.schedule_steps, 1.0))
     return torch.full((batch,), int(round(hi - (hi - lo) * frac)), dtype=torch.long)
 
@@ -110,7 +122,7 @@ def sds_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: SDSSettings, st
     B = z.shape[0]
     # 1. Timesteps (CPU stream), then noise (device stream): this order is part of the contract.
     t = sds_timesteps(s, step, B, prior.num_train_timesteps, rng)
-    eps = rng.randn(tuple(z.shape), z.device)
+    eps = rng.randn_antithetic(tuple(z.shape), z.device) if s.antithetic else rng.randn(tuple(z.shape), z.device)
     # 2. Forward-noise z and ask the prior once for the guided prediction.
     t_dev = to_device(t, z.device)
     x_t = add_noise(prior.alphas_cumprod, z.detach().float(), eps, t_dev)

@@ -78,6 +78,10 @@ class SSDSettings:
     """decay of the EMAs behind the learned μ"""
     grad_clamp: float = 0.0
     """clamp every element of g to [-grad_clamp, grad_clamp] (0: off)"""
+    t_sampling: Literal["iid", "stratified"] = "iid"
+    """base sds: iid or stratified timesteps across the batch, as for SDS"""
+    antithetic: bool = False
+    """base sds: antithetic noise pairs across the batch, as for SDS (base ism: ssd.ism.antithetic)"""
     ism: ISMSettings = field(default_factory=ISMSettings)
     """base ism: the ISM settings the score term uses (its offset noise must be 0)"""
 
@@ -93,6 +97,7 @@ class SSDSettings:
         check_range(owner, "mu", self.mu, -10.0, 10.0)
         check_range(owner, "ema_beta", self.ema_beta, 0.0, 0.99999)
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
+        check_choice(owner, "t_sampling", self.t_sampling, ("iid", "stratified"))
         self.ism.validate(owner=f"{owner}.ism")
         if self.base == "ism" and self.ism.offset_noise > 0:
             raise SettingsError(
@@ -102,7 +107,8 @@ class SSDSettings:
 
     def sds_part(self) -> SDSSettings:
         """The SDS settings of the score term for base "sds"."""
-        return SDSSettings(guidance_scale=self.guidance_scale, t_range=self.t_range, weighting=self.weighting)
+        return SDSSettings(guidance_scale=self.guidance_scale, t_range=self.t_range, weighting=self.weighting,
+                           t_sampling=self.t_sampling, antithetic=self.antithetic)
 
 
 def phi_and_grad(phi_fn: Callable[[Tensor], Tensor], x_t: Tensor) -> tuple[Tensor, Tensor]:
