@@ -19,7 +19,18 @@ weighting, sigma_t = sqrt(1 - ab_t).
     6. learned mu: update the EMAs with this step's a and h (after g, so mu never sees its own sample)
 
 With phi = 1 (c0 = 1, lam = 0) and mu = 1, base "sds" is SDS bit for bit (same seed: same t and eps);
-its - eps term is the constant-baseline control variate.
+its - eps term is the constant-baseline control variate. The paper's own phi is c0 = 0, lam = 1.
+
+Two coefficients (`coefficients = "two"`): SDS's eps baseline and the Stein term get a weight each,
+
+    h0 = eps,   psi = 1 - sim(x_t),   h1 = eps (psi - c) - sigma_t grad psi,   g = w (a - mu0 h0 - mu1 h1)
+
+with c_b the mean of psi over the other cameras whose noise is independent of camera b's (leave-one-out,
+an antithetic partner left out too), so that c_b does not depend on x_t[b] and h1 stays exactly
+zero-mean while it carries no share of h0. Learned, (mu0, mu1) solve the 2 x 2 normal equations of
+E[w^2 (a - mu0 h0 - mu1 h1)^2] from EMAs over previous steps and start at (mu, 0), i.e. at SDS; they
+are fitted on other steps' draws, so in expectation they can only lower SDS's variance (up to the EMAs'
+error). Fixed, mu0 = `mu` and mu1 = `lam`. c0 is not used.
 
 On ISM the x_t that a is evaluated at is reached by DDIM inversion and is not Gaussian in eps, so phi is
 evaluated at the forward-noised x_t = sqrt(ab_t) z + sigma_t eps with the same eps: h stays exactly
@@ -49,6 +60,9 @@ from .base import EstimatorResult, SettingsError, check_range, finish
 from .common import WEIGHTINGS, EstimatorBase, check_choice, check_guidance, check_t_range, render_to_z
 from .ism import ISMSettings, ism_terms
 from .sds import SDSSettings, clamp_grad, sds_terms
+
+
+TWO_STATS = ("a0", "a1", "h00", "h01", "h11")  # coefficients "two": the EMAs behind (mu0, mu1)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,9 @@ class SSDSettings:
     """base sds: iid or stratified timesteps across the batch, as for SDS"""
     antithetic: bool = False
     """base sds: antithetic noise pairs across the batch, as for SDS (base ism: ssd.ism.antithetic)"""
+    coefficients: Literal["one", "two"] = "one"
+    """one: h = eps phi - sigma grad phi with one mu; two: SDS's eps baseline and the centred Stein term
+    each with its own weight (mu0, mu1), learned jointly (see the module doc)"""
     ism: ISMSettings = field(default_factory=ISMSettings)
     """base ism: the ISM settings the score term uses (its offset noise must be 0)"""
 
@@ -98,6 +115,7 @@ class SSDSettings:
         check_range(owner, "ema_beta", self.ema_beta, 0.0, 0.99999)
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
         check_choice(owner, "t_sampling", self.t_sampling, ("iid", "stratified"))
+        check_choice(owner, "coefficients", self.coefficients, ("one", "two"))
         self.ism.validate(owner=f"{owner}.ism")
         if self.base == "ism" and self.ism.offset_noise > 0:
             raise SettingsError(
@@ -131,6 +149,34 @@ def control_variate(eps: Tensor, phi: Tensor, gphi: Tensor, sigma_t: Tensor) -> 
     return eps * phi.view(-1, 1, 1, 1) - sigma_t * gphi
 
 
+def leave_one_out_mean(psi: Tensor, antithetic: bool) -> Tensor:
+    """c [B]: for each camera the mean of psi over the cameras whose noise is independent of its own (all
+    others; with antithetic pairs, b and b + B/2 share their noise up to sign, so the partner is left out
+    too); 0 where there is none. c_b is then a function of the other cameras' x_t alone."""
+    B = psi.shape[0]
+    keep = ~torch.eye(B, dtype=torch.bool, device=psi.device)
+    if antithetic:
+        pairs = torch.arange(B // 2, device=psi.device)
+        keep[pairs, pairs + B // 2] = False
+        keep[pairs + B // 2, pairs] = False
+    n = keep.sum(1)
+    total = (keep.to(psi.dtype) * psi[None, :]).sum(1)
+    return torch.where(n > 0, total / n.clamp_min(1), torch.zeros_like(total))
+
+
+def solve_two(stats: Tensor, start: float) -> tuple[Tensor, Tensor]:
+    """(mu0, mu1) [...] minimizing E[(a - mu0 h0 - mu1 h1)^2] from stats [5, ...] = E[a.h0], E[a.h1],
+    E[h0.h0], E[h0.h1], E[h1.h1]; where h1 carries nothing (or the system is singular) mu1 = 0 and mu0
+    is h0's own fit; where h0 carries nothing either, (start, 0)."""
+    a0, a1, s00, s01, s11 = stats.double()
+    det = s00 * s11 - s01 * s01
+    ok = det > 1e-9 * (s00 * s11).clamp_min(1e-300)
+    mu0 = torch.where(ok, (a0 * s11 - a1 * s01) / torch.where(ok, det, torch.ones_like(det)),
+                      torch.where(s00 > 0, a0 / s00.clamp_min(1e-300), torch.full_like(a0, start)))
+    mu1 = torch.where(ok, (a1 * s00 - a0 * s01) / torch.where(ok, det, torch.ones_like(det)), torch.zeros_like(a1))
+    return mu0.float(), mu1.float()
+
+
 class SSD(EstimatorBase):
     """The SSD estimator: `SSD(settings, seed)(prior, render, cameras, vc, step) -> EstimatorResult`.
 
@@ -149,13 +195,17 @@ class SSD(EstimatorBase):
         """Forget the learned μ (EMAs of E[w^2 a.h] and E[w^2 h.h] per channel)."""
         self.ema_ah: Tensor | None = None  # [C]
         self.ema_hh: Tensor | None = None  # [C]
+        self.ema_two: dict[str, Tensor] | None = None  # coefficients "two": TWO_STATS, each [C]
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "ema_ah": self.ema_ah, "ema_hh": self.ema_hh}
+        two = {f"ema_{k}": v for k, v in (self.ema_two or {}).items()}
+        return {**super().state_dict(), "ema_ah": self.ema_ah, "ema_hh": self.ema_hh, **two}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.ema_ah, self.ema_hh = state.get("ema_ah"), state.get("ema_hh")
+        two = {k: state.get(f"ema_{k}") for k in TWO_STATS}
+        self.ema_two = two if all(isinstance(v, Tensor) for v in two.values()) else None
 
     def current_mu(self, channels: int, device: torch.device) -> Tensor:
         """The μ to use now, [1, C, 1, 1] or [1, 1, 1, 1]; the setting until the EMAs have a step."""
@@ -180,6 +230,32 @@ class SSD(EstimatorBase):
         self.ema_ah = beta * self.ema_ah.to(ah.device) + (1 - beta) * ah
         self.ema_hh = beta * self.ema_hh.to(hh.device) + (1 - beta) * hh
 
+    def current_mus(self, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """coefficients "two": (mu0, mu1), each [1, C, 1, 1] or [1, 1, 1, 1]."""
+        s = self.settings
+        if s.mu_mode == "fixed" or self.ema_two is None or self.ema_two["a0"].shape != (channels,):
+            start = (float(s.mu), float(s.lam) if s.mu_mode == "fixed" else 0.0)
+            return tuple(torch.tensor(v, device=device).view(1, 1, 1, 1) for v in start)
+        stats = torch.stack([self.ema_two[k].to(device) for k in TWO_STATS])  # [5, C]
+        shape = (1, channels, 1, 1) if s.mu_per_channel else (1, 1, 1, 1)
+        mu0, mu1 = solve_two(stats if s.mu_per_channel else stats.sum(1), float(s.mu))
+        return mu0.view(shape), mu1.view(shape)
+
+    def update_two(self, a: Tensor, h0: Tensor, h1: Tensor, w: Tensor) -> None:
+        """Fold this step's E[w^2 a.h0], E[w^2 a.h1], E[w^2 h0.h0], E[w^2 h0.h1], E[w^2 h1.h1] per channel
+        into the EMAs."""
+        w2 = w.float() ** 2
+
+        def avg(x: Tensor, y: Tensor) -> Tensor:
+            return (w2 * x * y).sum(dim=(2, 3)).mean(dim=0)  # [C]
+
+        now = dict(zip(TWO_STATS, (avg(a, h0), avg(a, h1), avg(h0, h0), avg(h0, h1), avg(h1, h1))))
+        if self.ema_two is None or self.ema_two["a0"].shape != now["a0"].shape:
+            self.ema_two = now
+            return
+        beta = self.settings.ema_beta
+        self.ema_two = {k: beta * self.ema_two[k].to(v.device) + (1 - beta) * v for k, v in now.items()}
+
     # ----- the step -----------------------------------------------------------------------------------
     def __call__(self, prior: DiffusionPrior, render: RenderOutput, cameras: CameraBatch, vc: ViewCond,
                  step: int) -> EstimatorResult:
@@ -198,6 +274,8 @@ class SSD(EstimatorBase):
             extras = {"s": it.s, "delta_T": torch.tensor(it.delta_T), "prior_calls": torch.tensor(it.prior_calls)}
         t_dev = to_device(t, z.device)
         sigma_t = (1 - prior.alphas_cumprod[t_dev].float()).sqrt().view(-1, 1, 1, 1)
+        if s.coefficients == "two":
+            return self._two(prior, render, cameras, vc, z, t, t_dev, eps, w, a, x_phi, sigma_t, extras)
         # 2-3. phi and its gradient w.r.t. x_t.
         phi, gphi = phi_and_grad(self._phi_fn(prior, t_dev, vc, render, cameras), x_phi)
         # 4. The control variate (minus sign: zero mean by Stein's identity).
@@ -209,6 +287,22 @@ class SSD(EstimatorBase):
         if s.mu_mode == "learned":
             self.update_mu(a, h, w)
         extras.update(mu=mu.reshape(-1) if mu.numel() > 1 else mu.reshape(()), phi=phi)
+        return finish(z, clamp_grad(g, s.grad_clamp), t, extras)
+
+    def _two(self, prior, render, cameras, vc, z, t, t_dev, eps, w, a, x_phi, sigma_t, extras) -> EstimatorResult:
+        """Steps 2-6 with two coefficients (module doc): h0 = eps, h1 the centred Stein term."""
+        s = self.settings
+        similarity = BASELINES[s.baseline]
+        psi, gpsi = phi_and_grad(lambda x: 1 - similarity(prior, x, t_dev, vc, render, cameras), x_phi)
+        antithetic = s.antithetic if s.base == "sds" else s.ism.antithetic
+        h0 = eps
+        h1 = control_variate(eps, psi - leave_one_out_mean(psi, antithetic), gpsi, sigma_t)
+        mu0, mu1 = self.current_mus(z.shape[1], z.device)
+        g = w * (a - mu0 * h0 - mu1 * h1)
+        if s.mu_mode == "learned":
+            self.update_two(a, h0, h1, w)
+        flat = (lambda m: m.reshape(-1) if m.numel() > 1 else m.reshape(()))
+        extras.update(mu=flat(mu0), mu1=flat(mu1), phi=psi)
         return finish(z, clamp_grad(g, s.grad_clamp), t, extras)
 
     def _phi_fn(self, prior: DiffusionPrior, t: Tensor, vc: ViewCond, render: RenderOutput,
