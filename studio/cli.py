@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="app.py",
         description="Gaussian Dreamer Studio: text-to-3D Gaussians by score distillation (SDS, ISM, SSD).",
         epilog="Any config field can be set with --set section.field=value; "
-        "`--list-settings` prints them all with their help.",
+        "`--list-settings` prints them all with their help. Many prompts x seeds on Ray: "
+        "`python app.py batch PROMPTS.txt --out DIR` (`python app.py batch --help`).",
     )
     p.add_argument("--prompt", help="what to make (procedural prior: one of its known prompts)")
     p.add_argument("--negative", help="negative prompt (the unconditional branch of CFG)")
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     """Bad input of any kind (a flag, a --set, a --config or --resume file, an init PLY, a device, an
     address) is one `error:` line and exit status 2, found before any model loads; other exceptions are
     bugs and keep their traceback. A launch that fails leaves no empty run folder behind."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:
+        from .batch import main as batch_main
+
+        return batch_main(argv[1:])
     new_run_dir = None
     try:
         args = build_parser().parse_args(argv)
