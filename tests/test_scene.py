@@ -12,7 +12,7 @@ import torch
 import renderers
 from renderers.camera import orbit
 from studio.export import load_checkpoint, save_checkpoint
-from studio.initializers import knn_scale
+from studio.initializers import knn_scale, knn_scale_reference
 from studio.scene import DensifySettings, GaussianScene, OptimSettings, SceneError, lr_at
 
 FROZEN = OptimSettings(means_lr=0.0, means_lr_final=0.0, scales_lr=0.0, scales_lr_final=0.0, quats_lr=0.0,
@@ -81,7 +81,9 @@ def test_point_cloud_init_scales_from_grid_spacing():
     assert torch.equal(p.means.detach(), xyz)
     colour = 0.28209479177387814 * p.sh[:, 0] + 0.5
     assert torch.allclose(colour, rgb.float() / 255, atol=1e-6)
-    assert torch.allclose(knn_scale(xyz, chunk_elems=7 * xyz.shape[0]), torch.full((xyz.shape[0],), h), rtol=1e-5)
+    assert torch.allclose(knn_scale(xyz), torch.full((xyz.shape[0],), h), rtol=1e-5)
+    assert torch.allclose(knn_scale_reference(xyz, chunk_elems=7 * xyz.shape[0]), torch.full((xyz.shape[0],), h),
+                          rtol=1e-5)
     with pytest.raises(ValueError, match="non-finite"):
         GaussianScene.from_points(torch.tensor([[0.0, 0, 0], [float("nan"), 0, 0]]))
 
