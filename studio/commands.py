@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-EXPORT_FORMATS = ("ply", "splat", "ply_compressed", "mp4", "gif", "checkpoint")
+EXPORT_FORMATS = ("ply", "splat", "ply_compressed", "glb", "obj", "mp4", "gif", "checkpoint")
 
 
 class CommandError(ValueError):

@@ -1,10 +1,10 @@
 """Every setting of a session, as frozen dataclasses with validation, presets and JSON round trip.
 
 Sections: `prompt`, `run`, `render`, `camera`, `prior`, `init`, `optim`, `densify`, one per estimator
-(`sds`, `ism`, `ssd`), `reg` (regularizers beside the distillation loss) and `zoom` (the camera
-schedule). A dotted path names one field (`ism.delta_t`); `confio` turns strings from the command line,
-JSON from presets and values from the UI into typed values. A config is validated once,
-where it is made (`validate`), and passed down whole.
+(`sds`, `ism`, `ssd`), `reg` (regularizers beside the distillation loss), `zoom` (the camera
+schedule) and `mesh` (how a mesh is exported). A dotted path names one field (`ism.delta_t`); `confio`
+turns strings from the command line, JSON from presets and values from the UI into typed values. A
+config is validated once, where it is made (`validate`), and passed down whole.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from renderers.camera import CameraRanges
 
 from . import confio
 from .confio import ConfigError
+from .mesh import MeshSettings
 from .scene import DensifySettings, OptimSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
@@ -255,6 +256,7 @@ class StudioConfig:
     ssd: SSDSettings = field(default_factory=SSDSettings)
     reg: RegSettings = field(default_factory=RegSettings)
     zoom: ZoomSettings = field(default_factory=ZoomSettings)
+    mesh: MeshSettings = field(default_factory=MeshSettings)
 
     def estimator_settings(self, method: str | None = None) -> Any:
         return getattr(self, method or self.run.method)

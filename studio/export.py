@@ -1,6 +1,6 @@
-"""Files out (and back in): splat formats through gsplat's exporter, turntable videos, checkpoints and the
-JSON config written beside an export. Every write is atomic (`studio.atomic`). The splat readers live in
-`studio.readers` (re-exported here); every format written here reads back.
+"""Files out (and back in): splat formats through gsplat's exporter, meshes (`studio.mesh`), turntable videos,
+checkpoints and the JSON config written beside an export. Every write is atomic (`studio.atomic`). The splat
+readers live in `studio.readers` (re-exported here); every format written here reads back.
 
 Formats (`export_splats`), all produced by `gsplat.exporter.export_splats`, on CPU, with no extra package:
 - "ply": the 3DGS layout (x y z, f_dc_0..2, f_rest_* channel-major, opacity as a logit, scale_0..2 as
@@ -35,17 +35,18 @@ from .initializers import RAW_KEYS
 from .readers import is_gaussian_file, is_gaussian_ply, read_gaussian_ply, read_gaussians, read_point_ply, read_splat
 
 SPLAT_FORMATS = ("ply", "splat", "ply_compressed")
+MESH_FORMATS = ("glb", "obj")  # the density's iso-surface, studio.mesh (mesh.* settings)
 VIDEO_FORMATS = ("mp4", "gif")
 COMPRESSED_MIN_OPACITY = 1.0 / 255.0  # gsplat's opacity_threshold for ply_compressed
 CHECKSUM_KEY = "sha256"  # a checkpoint's digest of the rest of its payload
-SUFFIXES = {"ply": ".ply", "splat": ".splat", "ply_compressed": ".compressed.ply", "mp4": ".mp4",
-            "gif": ".gif", "checkpoint": ".pt", "json": ".json"}
+SUFFIXES = {"ply": ".ply", "splat": ".splat", "ply_compressed": ".compressed.ply", "glb": ".glb", "obj": ".obj",
+            "mp4": ".mp4", "gif": ".gif", "checkpoint": ".pt", "json": ".json"}
 
 __all__ = [
-    "CHECKSUM_KEY", "ExportError", "ReadError", "ExportResult", "SPLAT_FORMATS", "SUFFIXES", "TurntableSettings",
-    "VIDEO_FORMATS", "atomic_write", "export_splats", "export_turntable", "is_gaussian_file", "is_gaussian_ply",
-    "load_checkpoint", "payload_digest", "read_gaussian_ply", "read_gaussians", "read_point_ply", "read_splat",
-    "render_turntable", "save_checkpoint", "write_json_atomic", "write_video",
+    "CHECKSUM_KEY", "ExportError", "ReadError", "ExportResult", "MESH_FORMATS", "SPLAT_FORMATS", "SUFFIXES",
+    "TurntableSettings", "VIDEO_FORMATS", "atomic_write", "export_mesh", "export_splats", "export_turntable",
+    "is_gaussian_file", "is_gaussian_ply", "load_checkpoint", "payload_digest", "read_gaussian_ply", "read_gaussians",
+    "read_point_ply", "read_splat", "render_turntable", "save_checkpoint", "write_json_atomic", "write_video",
 ]
 
 
@@ -53,9 +54,10 @@ __all__ = [
 class ExportResult:
     path: Path
     format: str
-    num_written: int  # Gaussians (or frames, for videos) in the file
+    num_written: int  # Gaussians (frames for videos, faces for meshes) in the file
     num_dropped: int  # Gaussians left out because a parameter was NaN or inf
     num_bytes: int
+    detail: str = ""  # more for the event line (a mesh: faces, watertight)
 
 
 def _raw_cpu(splats: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -68,7 +70,8 @@ def _raw_cpu(splats: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for k, shape in expect.items():
         assert tuple(raw[k].shape) == shape, f"export: {k} must be {shape}, got {tuple(raw[k].shape)}"
     shn = raw["shN"]
-    assert shn.dim() == 3 and shn.shape[0] == n and shn.shape[2] == 3, f"export: shN must be [N={n}, K-1, 3], got {tuple(shn.shape)}"
+    assert shn.dim() == 3 and shn.shape[0] == n and shn.shape[2] == 3, \
+        f"export: shN must be [N={n}, K-1, 3], got {tuple(shn.shape)}"
     return raw
 
 
@@ -112,6 +115,25 @@ def export_splats(splats: Mapping[str, Tensor], path: str | os.PathLike, format:
     if format == "ply_compressed":  # this format leaves out Gaussians of opacity <= 1/255
         n = int((torch.sigmoid(raw["opacities"]) > COMPRESSED_MIN_OPACITY).sum())
     return ExportResult(Path(path), format, n, dropped, len(data))
+
+
+def export_mesh(splats: Mapping[str, Tensor], path: str | os.PathLike, format: str = "glb",
+                settings: Any = None) -> ExportResult:
+    """Write the Gaussians' iso-surface as a GLB or OBJ mesh, atomically (see studio.mesh).
+
+    Args:
+        splats: raw tensors in gsplat's layout (e.g. `scene.raw()`), any device
+        path: the file to write
+        format: "glb" | "obj"
+        settings: a studio.mesh.MeshSettings (the config's `mesh` section); None: the defaults
+    Raises ExportError (naming the path) when there is no surface or the file cannot be written.
+    """
+    from . import mesh
+
+    raw = _raw_cpu(splats)
+    ok = finite_rows(raw)
+    result, nbytes = mesh.export_mesh(raw, path, format, settings or mesh.MeshSettings())
+    return ExportResult(Path(path), format, len(result.mesh.faces), int((~ok).sum()), nbytes, mesh.describe(result))
 
 
 # ----- turntable videos ---------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from .atomic import ReadError
 from .config import StudioConfig
 from .confio import ConfigError
 from .export import (
-    CHECKSUM_KEY, SUFFIXES, TurntableSettings, export_splats, export_turntable, load_checkpoint, save_checkpoint,
-    write_json_atomic,
+    CHECKSUM_KEY, MESH_FORMATS, SUFFIXES, TurntableSettings, export_mesh, export_splats, export_turntable,
+    load_checkpoint, save_checkpoint, write_json_atomic,
 )
 from .readers import validate_scene_file
 from .scene import SceneError, check_state
@@ -367,11 +367,14 @@ def export(state: SessionState, formats: tuple[str, ...], out_dir: Path, name: s
         if fmt in ("mp4", "gif"):
             tt = TurntableSettings(size=max(128, min(512, 4 * tr.cfg.render.resolution)))
             result = export_turntable(tr.renderer, tr.scene.to_params().detach(), path, tt)
+        elif fmt in MESH_FORMATS:
+            result = export_mesh(tr.scene.raw(), path, fmt, tr.cfg.mesh)
         else:
             result = export_splats(tr.scene.raw(), path, fmt)
         write_json_atomic(path.with_name(path.name + ".json"), {
             "iteration": tr.iteration, "seed": tr.cfg.run.seed, "config": confio.to_dict(tr.cfg)})
         extra = f", {result.num_dropped} non-finite Gaussians left out" if result.num_dropped else ""
+        extra = f", {result.detail}{extra}" if result.detail else extra
         state.event("info", f"exported {path.name} ({result.num_bytes / 1e6:.2f} MB, "
                             f"{time.perf_counter() - t0:.1f} s{extra})", str(path))
         written.append(path)

@@ -179,7 +179,7 @@ BAD_INPUT = [
     ("method unknown", ["--method", "x"], "--method"),
     ("ui unknown", ["--ui", "x"], "--ui"),
     ("flag unknown", ["--frobnicate"], "--frobnicate"),
-    ("export unknown", ["--export", "obj"], "--export"),
+    ("export unknown", ["--export", "fbx"], "--export"),
     ("out empty", ["--out", ""], "--out"),
     ("out under a file", ["--out", "{f}/a_file/out"], "--out"),
     ("config binary", ["--config", "{f}/binary.json"], "--config"),

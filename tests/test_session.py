@@ -94,7 +94,7 @@ def test_settings_reach_the_objects_that_use_them(session):
         (C.SetPrompt("a flying teapot"), "prompt"),
         (C.SetSeed(-1), "run.seed"),
         (C.StepOnce(0), "count"),
-        (C.Export(formats=("obj",)), "export"),
+        (C.Export(formats=("fbx",)), "export"),
         (C.LoadCheckpoint("/nonexistent/x.pt"), "load"),
     ],
 )
