@@ -12,8 +12,8 @@ from .cli_errors import USAGE_ERRORS, Parser, UsageError, report
 from .commands import EXPORT_FORMATS
 from .confio import ConfigError
 from .view import ViewSettings, is_view_path, list_view_settings, with_view_values
-from .startup import (check_address, check_device, check_init_ply, check_listen, check_origins, display_problem,
-                      headless_message, remove_if_empty, resolve_run_dir, resume_checkpoint)
+from .startup import (check_address, check_device, check_init_mesh, check_init_ply, check_listen, check_origins,
+                      display_problem, headless_message, remove_if_empty, resolve_run_dir, resume_checkpoint)
 
 UIS = ("viser", "desktop", "headless")
 
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             check_listen(args.host, args.port)
         if cfg.init.kind == "ply" and (args.resume is None or any(p.startswith("init.") for p in user_set)):
             check_init_ply(cfg.init.path)
+        if cfg.init.kind == "mesh" and (args.resume is None or any(p.startswith("init.") for p in user_set)):
+            check_init_mesh(cfg.init.path)
         check_device(cfg)
         # Before any model loads: a run folder that can be written (a new one, or the resumed run's).
         run_dir, resume = resolve_run_dir(args.out, args.resume)

@@ -166,26 +166,48 @@ class PriorSettings:
 
 @dataclass(frozen=True)
 class InitSettings:
-    kind: Literal["ball", "shell", "box", "ply"] = "ball"
-    """initial Gaussians: random ball, sphere shell, box, or a 3DGS PLY file (init.path)"""
+    kind: Literal["ball", "shell", "box", "ply", "mesh", "shap-e"] = "ball"
+    """initial Gaussians: random ball, sphere shell, box, a 3DGS / point-cloud PLY (init.path), points on a
+    mesh file (init.path: obj, glb, ply mesh...), or on a mesh Shap-E makes from text (init.model)"""
     num: int = 2000
-    """number of Gaussians at start (not for ply)"""
+    """number of Gaussians at start (mesh, shap-e: points sampled on the surface; not for ply)"""
     radius: float = 0.6
-    """size of the ball / shell / half-size of the box, world units"""
+    """size of the ball / shell / half-size of the box; mesh, shap-e: radius of the ball the mesh is
+    scaled into (init.fit), world units"""
     opacity: float = 0.1
     """initial opacity in (0, 1)"""
     sh_degree: int = 0
     """spherical-harmonic degree of the colours (0..3)"""
     path: str = ""
-    """PLY file for kind = ply"""
+    """the file for kind = ply (a 3DGS or point-cloud .ply) or kind = mesh (.obj, .glb, .gltf, .ply, .stl, .off)"""
+    fit: bool = True
+    """mesh, shap-e: centre the mesh and scale it into a ball of init.radius (off: keep its coordinates)"""
+    up: Literal["auto", "y", "z"] = "auto"
+    """mesh: the file's up axis (the studio's is z); auto: y for glb / gltf / obj (their convention), else z"""
+    model: str = "openai/shap-e"
+    """shap-e: the Shap-E text-to-3D pipeline, a hub id or a local folder (diffusers' ShapEPipeline layout)"""
+    prompt: str = ""
+    """shap-e: what Shap-E makes; empty: the session's prompt (prompt.prompt)"""
+    shap_e_steps: int = 64
+    """shap-e: denoising steps of Shap-E's prior"""
+    shap_e_guidance: float = 15.0
+    """shap-e: classifier-free guidance scale of Shap-E's prior"""
 
     def validate(self) -> None:
         _check("init.num", self.num, 1, 10_000_000)
         _check("init.radius", self.radius, 1e-3, 100.0)
         _check("init.opacity", self.opacity, 1e-4, 0.9999)
         _check("init.sh_degree", self.sh_degree, 0, 3)
+        _check("init.shap_e_steps", self.shap_e_steps, 1, 1000)
+        _check("init.shap_e_guidance", self.shap_e_guidance, 0.0, 100.0)
         if self.kind == "ply" and not self.path:
             raise ConfigError("init.path: kind = ply needs the path of a 3DGS .ply file")
+        if self.kind == "mesh" and not self.path:
+            raise ConfigError("init.path: kind = mesh needs the path of a mesh file (.obj, .glb, .ply, ...)")
+        if self.kind == "shap-e" and not self.model.strip():
+            raise ConfigError("init.model: kind = shap-e needs a Shap-E pipeline: a hub id (openai/shap-e) or a folder")
+        if len(self.prompt) > 500:
+            raise ConfigError("init.prompt: prompts are limited to 500 characters")
 
 
 @dataclass(frozen=True)

@@ -139,10 +139,11 @@ class GaussianScene:
     @classmethod
     def from_settings(cls, init: Any, optim: OptimSettings = OptimSettings(),
                       densify: DensifySettings = DensifySettings(), *, seed: int = 0,
-                      device: torch.device | str = "cpu") -> "GaussianScene":
-        """Build from an InitSettings-like object (kind ball | shell | box | ply, num, radius, opacity,
-        sh_degree, path). A PLY keeps its own SH degree; a plain point-cloud PLY gets one Gaussian per point."""
-        raw, extent = raw_from_settings(init, seed)
+                      device: torch.device | str = "cpu", prompt: str = "") -> "GaussianScene":
+        """Build from an InitSettings-like object (kind ball | shell | box | ply | mesh | shap-e, num, radius,
+        opacity, sh_degree, path, ...). A PLY keeps its own SH degree; a plain point-cloud PLY gets one
+        Gaussian per point; shap-e makes its mesh from init.prompt, or `prompt` when that is empty."""
+        raw, extent = raw_from_settings(init, seed, prompt)
         return cls(raw, extent=extent, optim=optim, densify=densify, device=device)
 
     @classmethod
@@ -198,11 +199,12 @@ class GaussianScene:
         self.densifier.restart(self.extent)
         self.densifier.check_sanity(self.params, self.optimizers)
 
-    def reset(self, init: Any = None, *, seed: int = 0) -> None:
-        """Re-initialize: from `init` (InitSettings-like) with `seed`, or, with init=None, to the exact
-        tensors this scene started from. Optimizer moments and densifier statistics start afresh."""
+    def reset(self, init: Any = None, *, seed: int = 0, prompt: str = "") -> None:
+        """Re-initialize: from `init` (InitSettings-like) with `seed` (and `prompt`, for shap-e), or, with
+        init=None, to the exact tensors this scene started from. Optimizer moments and densifier
+        statistics start afresh."""
         if init is not None:
-            raw, extent = raw_from_settings(init, seed)
+            raw, extent = raw_from_settings(init, seed, prompt)
             self._initial = {k: v.detach().to("cpu", torch.float32).clone() for k, v in _checked(raw).items()}
             self.extent = float(extent)
         self._install(self._initial)
@@ -367,8 +369,9 @@ def _raw_from_ply(path: str | os.PathLike, opacity: float, sh_degree: int) -> tu
     return init_mod.points(xyz, rgb, opacity=opacity, sh_degree=sh_degree)
 
 
-def raw_from_settings(init: Any, seed: int) -> tuple[dict[str, Tensor], float]:
-    """Raw tensors and extent from an InitSettings-like object (kind, num, radius, opacity, sh_degree, path)."""
+def raw_from_settings(init: Any, seed: int, prompt: str = "") -> tuple[dict[str, Tensor], float]:
+    """Raw tensors and extent from an InitSettings-like object (kind, num, radius, opacity, sh_degree, path;
+    mesh and shap-e read more, see studio.mesh_init). `prompt`: what shap-e makes when init.prompt is empty."""
     kind = init.kind
     common = dict(seed=seed, opacity=init.opacity, sh_degree=init.sh_degree)
     if kind == "ball":
@@ -379,4 +382,10 @@ def raw_from_settings(init: Any, seed: int) -> tuple[dict[str, Tensor], float]:
         return init_mod.box(init.num, init.radius, **common)
     if kind == "ply":
         return _raw_from_ply(init.path, init.opacity, init.sh_degree)
-    raise SceneError(f"init.kind: must be ball, shell, box or ply, got {kind!r}")
+    if kind in ("mesh", "shap-e"):
+        from . import mesh_init
+
+        if kind == "mesh":
+            return mesh_init.raw_from_mesh_file(init, seed)
+        return mesh_init.raw_from_shap_e(init, prompt, seed)
+    raise SceneError(f"init.kind: must be ball, shell, box, ply, mesh or shap-e, got {kind!r}")

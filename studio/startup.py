@@ -215,6 +215,18 @@ def check_init_ply(path: str) -> None:
         raise UsageError(f"{where}: the PLY holds no vertices; give one with at least one point")
 
 
+def check_init_mesh(path: str) -> None:
+    """Raise UsageError unless `path` (init.path for init.kind = mesh) is a mesh file with triangles, read by
+    the reader the scene uses."""
+    from .atomic import ReadError
+    from .mesh_init import read_mesh
+
+    try:
+        read_mesh(path)
+    except ReadError as e:
+        raise UsageError(f"init.path {path}: {e.reason}") from None
+
+
 def check_device(cfg: Any) -> None:
     """Raise UsageError unless the renderer and the densification strategy of `cfg` (a StudioConfig)
     can run on this machine: gsplat and mcmc need CUDA."""

@@ -96,7 +96,7 @@ class Trainer:
         if state is None:
             torch.manual_seed(cfg.run.seed)  # gsplat's split draws from the global generator
             self.scene = GaussianScene.from_settings(cfg.init, cfg.optim, cfg.densify, seed=cfg.run.seed,
-                                                     device=self.device)
+                                                     device=self.device, prompt=cfg.prompt.prompt)
         else:
             self.load_state_dict(state)
 
