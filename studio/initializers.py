@@ -125,8 +125,8 @@ def box(n: int, half_size: float, *, seed: int = 0, opacity: float = 0.1, scale:
 def knn_scale(points: Tensor, k: int = 3) -> Tensor:
     """[N] root-mean-square distance of each point to its k nearest neighbours (3DGS's initial scale).
 
-    Exact, through a k-d tree (scipy's cKDTree: O(N log N); 60,000 points in 0.12 s here, where brute force
-    took 11.6 s, see docs/BENCHMARKS.md). Points that coincide are each other's neighbours at distance 0.
+    Exact, through a k-d tree (scipy's cKDTree: O(N log N); 60,000 points in about 0.1 s here, where brute
+    force took 12-13 s, see docs/BENCHMARKS.md). Points that coincide are each other's neighbours at 0.
     """
     from scipy.spatial import cKDTree
 
