@@ -173,7 +173,7 @@ def plan_from_args(argv: list[str]) -> BatchPlan:
     """Parse and check everything (UsageError / ConfigError for bad input), before Ray starts."""
     from .batch_ray import check_ray_address
     from .cli import parse_exports
-    from .startup import check_device, check_init_ply
+    from .startup import check_device, check_init_mesh, check_init_ply
 
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args.prompts)
@@ -192,6 +192,8 @@ def plan_from_args(argv: list[str]) -> BatchPlan:
     if address is None:  # jobs run on this machine: what it cannot run is refused now, as for one run
         if shared.init.kind == "ply":
             check_init_ply(shared.init.path)
+        if shared.init.kind == "mesh":
+            check_init_mesh(shared.init.path)
         check_device(shared)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: not a folder")
