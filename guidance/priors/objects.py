@@ -1,7 +1,7 @@
 """The procedural prior's reference objects: primitives described as data, turned into Gaussian scenes.
 
 assets/objects/objects.json lists objects; each has a name, tags, `requires` tags and primitives
-(box, sphere, torus, cone, cylinder) with a texture (plain, checker, stripes, dots) in two colours.
+(box, sphere, superellipsoid, torus, cone, cylinder) with a texture (plain, checker, stripes, dots) in two colours.
 `ObjectLibrary` loads and validates it, maps prompts to objects and builds (and caches) each object's
 Gaussians: one flat Gaussian per surface sample, its thin axis along the surface normal, coloured by the
 texture at the sample's (u, v), SH degree 0. Surfaces are sampled densely enough to look opaque.
@@ -97,6 +97,19 @@ def _sphere(p: dict) -> tuple[Tensor, ...]:
     return r * nrm, nrm, uv, torch.full_like(z, math.sqrt(4 * math.pi * r * r / n))
 
 
+def _superellipsoid(p: dict) -> tuple[Tensor, ...]:
+    """The surface |x|^p + |y|^p + |z|^p = r^p (p = 2 a sphere, large p close to a cube of half-size r):
+    the sphere's Fibonacci lattice pushed out radially onto it. A direction n lands at rho = r / ||n||_p;
+    the patch it stands for grows by rho^2 / (n . N) (N the surface normal), which sets the spacing."""
+    r, e, n = float(p["radius"]), float(p["exponent"]), int(p["resolution"])
+    _, dirs, uv, sp = _sphere({"radius": 1.0, "resolution": n})
+    rho = r / dirs.abs().pow(e).sum(-1).pow(1 / e)
+    pts = rho[:, None] * dirs
+    nrm = torch.nn.functional.normalize(pts.sign() * pts.abs().pow(e - 1), dim=-1)
+    stretch = rho**2 / (dirs * nrm).sum(-1).clamp_min(1e-6)
+    return pts, nrm, uv, sp * stretch.sqrt()
+
+
 def _torus(p: dict) -> tuple[Tensor, ...]:
     R, r = float(p["major_radius"]), float(p["minor_radius"])
     nu, nv = (int(x) for x in p["resolution"])
@@ -152,10 +165,12 @@ def _cylinder(p: dict) -> tuple[Tensor, ...]:
     return tuple(torch.cat(parts) for parts in zip(side, *caps))
 
 
-SHAPES = {"box": _box, "sphere": _sphere, "torus": _torus, "cone": _cone, "cylinder": _cylinder}
+SHAPES = {"box": _box, "sphere": _sphere, "superellipsoid": _superellipsoid, "torus": _torus, "cone": _cone,
+          "cylinder": _cylinder}
 SHAPE_FIELDS = {
     "box": ("half_size", "resolution"),
     "sphere": ("radius", "resolution"),
+    "superellipsoid": ("radius", "exponent", "resolution"),
     "torus": ("major_radius", "minor_radius", "resolution"),
     "cone": ("radius", "height", "resolution"),
     "cylinder": ("radius", "height", "resolution"),
@@ -212,6 +227,8 @@ def _check_primitive(where: str, p: Any) -> None:
     for key in ("center", "texture") + SHAPE_FIELDS[p["shape"]]:
         if key not in p:
             raise PriorError(f"{where}: a {p['shape']} needs {key!r} (fields: {', '.join(SHAPE_FIELDS[p['shape']])})")
+    if p["shape"] == "superellipsoid" and not (isinstance(p["exponent"], (int, float)) and 1 <= p["exponent"] <= 100):
+        raise PriorError(f"{where}.exponent: must lie in [1, 100] (2 is a sphere), got {p['exponent']!r}")
     tex = p["texture"]
     if not isinstance(tex, dict) or tex.get("kind") not in TEXTURES:
         raise PriorError(f"{where}.texture.kind: expected one of {', '.join(TEXTURES)}, got {tex!r:.80}")
