@@ -19,6 +19,7 @@ from renderers.types import RenderOutput
 
 from ..priors.base import DiffusionPrior
 from .base import SettingsError, check_range
+from .taylor import TAYLOR_MODES, TaylorWeight
 
 NOISE_SEED_OFFSET = 7919  # keeps the noise stream distinct from the timestep stream of the same seed
 WEIGHTINGS = ("sds", "uniform", "fantasia", "lucid")
@@ -72,6 +73,10 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) ->
 
 def check_guidance(owner: str, value: float) -> None:
     check_range(owner, "guidance_scale", value, 0.0, 1000.0)
+
+
+def check_taylor(owner: str, value: str) -> None:
+    check_choice(owner, "taylor", value, TAYLOR_MODES)
 
 
 class RandomStreams:
@@ -135,7 +140,8 @@ class RandomStreams:
 
 
 class EstimatorBase:
-    """Settings handling, random streams and state plumbing; subclasses implement __call__."""
+    """Settings handling, random streams, the Taylor control variate's learned weight (taylor.py) and
+    state plumbing; subclasses implement __call__."""
 
     name = "base"
     settings_class: type = object
@@ -143,6 +149,7 @@ class EstimatorBase:
     def __init__(self, settings: Any = None, seed: int = 0):
         self.settings = settings if settings is not None else self.settings_class()
         self.rng = RandomStreams(seed)
+        self.taylor = TaylorWeight()
 
     @property
     def settings(self) -> Any:
@@ -163,13 +170,15 @@ class EstimatorBase:
         self.rng.reseed(seed)
 
     def reset(self) -> None:
-        """Forget learned state (none here; SSD overrides)."""
+        """Forget learned state (the Taylor weight; SSD extends this)."""
+        self.taylor = TaylorWeight()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.state_dict()}
+        return {"rng": self.rng.state_dict(), **self.taylor.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.load_state_dict(state["rng"])
+        self.taylor.load(state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings!r}, seed={self.rng.seed})"

@@ -14,7 +14,8 @@ e_cfg the guided one (textbook CFG e_u + s (e_c - e_u)), lam the weight.
     4. e_s = e(x_s, s, ""), the target; x_t = sqrt(ab_t) (x_s - sqrt(1 - ab_s) e_s) / sqrt(ab_s) +
        sqrt(1 - ab_t) e_s (one more DDIM inversion step s -> t)
     5. e_cfg = CFG of e(x_t, t, negative) and e(x_t, t, prompt), one batched call
-    6. g = lam sqrt((1 - ab_t) / ab_t) (e_cfg - e_s)
+    6. g = lam sqrt((1 - ab_t) / ab_t) (e_cfg - e_s); with `taylor`, less mu_T times the residual's
+       first-order term in eps along the inversion path (taylor.py)
 
 Starting the inversion at max(s - dS inv_steps, 0) rather than 0 is what LucidDreamer's code does
 (`starting_ind`), so the inversion always lands on s even when s > dS inv_steps.
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -44,8 +45,11 @@ from renderers.types import RenderOutput
 
 from ..priors.base import DiffusionPrior, ViewCond, add_noise
 from .base import EstimatorResult, check_range, finish
-from .common import EstimatorBase, RandomStreams, check_guidance, check_t_range, frac_to_step, render_to_z
+from .common import (
+    EstimatorBase, RandomStreams, check_guidance, check_t_range, check_taylor, frac_to_step, render_to_z,
+)
 from .sds import clamp_grad
+from .taylor import jvp
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class ISMSettings:
     """clamp every element of g to [-grad_clamp, grad_clamp] (0: off)"""
     antithetic: bool = False
     """pair the batch's noise: cameras b and b + B/2 get eps and -eps (each still N(0, I))"""
+    taylor: Literal["off", "fixed", "learned"] = "off"
+    """first-order (Taylor) control variate: the residual's term linear in eps along the inversion path,
+    from one Jacobian-vector product (zero mean given z and t): off, fixed (weight 1) or learned (fitted
+    from previous steps, starting at 0); costs the path's prior calls again in forward mode"""
 
     def validate(self, owner: str = "ism") -> None:
         check_guidance(owner, self.guidance_scale)
@@ -87,6 +95,7 @@ class ISMSettings:
         check_range(owner, "lam", self.lam, 0.0, 1e6)
         check_range(owner, "offset_noise", self.offset_noise, 0.0, 10.0)
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
+        check_taylor(owner, self.taylor)
 
 
 def ism_schedule(s: ISMSettings, step: int, T: int) -> tuple[int, int, int]:
@@ -135,6 +144,38 @@ class ISMTerms(NamedTuple):
     prior_calls: int
 
 
+def ism_path(prior: DiffusionPrior, z: Tensor, eps: Tensor, t_int: int, s_int: int, s: ISMSettings,
+             vc: ViewCond) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Steps 3-5 for z and eps [B, C, h, w] at t and s: (x_t, e_s, e_cfg, prior calls). A function of eps
+    alone once z and t are fixed (the Taylor term differentiates it in forward mode)."""
+    B, ab = z.shape[0], prior.alphas_cumprod
+    # 3. Noise z to the first timestep, then invert to s (empty prompt, stride dS, no zero-length step).
+    first = max(s_int - s.delta_s * s.inv_steps, 0)
+    x = add_noise(ab, z, eps, torch.full((B,), first, dtype=torch.long, device=z.device))
+    path = inversion_path(first, s_int, s.delta_s)
+    for cur, nxt in zip(path[:-1], path[1:]):
+        x = ddim_step(ab, x, predict_empty(prior, x, cur, vc), cur, nxt)
+    # 4. The target e_s, then one more inversion step s -> t.
+    e_s = predict_empty(prior, x, s_int, vc)
+    x_t = ddim_step(ab, x, e_s, s_int, t_int)
+    # 5. Guided prediction at x_t (one batched call for both branches, inside the prior).
+    t = torch.full((B,), t_int, dtype=torch.long, device=z.device)
+    e_cfg = prior.predict_noise(x_t, t, vc, s.guidance_scale, branch="cfg").float()
+    return x_t, e_s, e_cfg, (len(path) - 1) + 1 + 1
+
+
+def ism_taylor_term(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, terms: "ISMTerms") -> Tensor:
+    """h = J_r(0) eps [B, C, h, w]: the first-order term in eps of ISM's residual r(eps) = e_cfg - e_s
+    along the inversion path (taylor.py), at the step's t, s and eps."""
+    t_int, s_int = int(terms.t[0]), int(terms.s[0])
+
+    def residual(e: Tensor) -> Tensor:
+        _, e_s, e_cfg, _ = ism_path(prior, z.detach().float(), e, t_int, s_int, s, vc)
+        return e_cfg - e_s
+
+    return jvp(residual, torch.zeros_like(terms.eps), terms.eps)
+
+
 @torch.no_grad()
 def ism_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, step: int,
               rng: RandomStreams) -> ISMTerms:
@@ -148,21 +189,11 @@ def ism_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: ISMSettings, st
     eps = rng.randn_antithetic(tuple(z.shape), z.device) if s.antithetic else rng.randn(tuple(z.shape), z.device)
     if s.offset_noise > 0:
         eps = eps + s.offset_noise * rng.randn((B, z.shape[1], 1, 1), z.device)
-    # 3. Noise z to the first timestep, then invert to s (empty prompt, stride dS, no zero-length step).
-    first = max(s_int - s.delta_s * s.inv_steps, 0)
-    x = add_noise(ab, z.detach().float(), eps, torch.full((B,), first, dtype=torch.long, device=z.device))
-    path = inversion_path(first, s_int, s.delta_s)
-    for cur, nxt in zip(path[:-1], path[1:]):
-        x = ddim_step(ab, x, predict_empty(prior, x, cur, vc), cur, nxt)
-    # 4. The target e_s, then one more inversion step s -> t.
-    e_s = predict_empty(prior, x, s_int, vc)
-    x_t = ddim_step(ab, x, e_s, s_int, t_int)
-    # 5. Guided prediction at x_t (one batched call for both branches, inside the prior).
+    # 3-5. The inversion path and the two predictions.
+    x_t, e_s, e_cfg, calls = ism_path(prior, z.detach().float(), eps, t_int, s_int, s, vc)
     t = torch.full((B,), t_int, dtype=torch.long)
-    e_cfg = prior.predict_noise(x_t, to_device(t, z.device), vc, s.guidance_scale, branch="cfg").float()
     ab_t = ab[t_int].float()
     w = (s.lam * ((1 - ab_t) / ab_t).sqrt()).expand(B, 1, 1, 1)
-    calls = (len(path) - 1) + 1 + 1
     return ISMTerms(t, torch.full((B,), s_int, dtype=torch.long), dT, eps, x_t, e_s, e_cfg, w, calls)
 
 
@@ -184,9 +215,13 @@ class ISM(EstimatorBase):
         s = self.settings
         z = render_to_z(prior, render)
         terms = ism_terms(prior, z, vc, s, step, self.rng)
-        # 6. g = lam sqrt((1 - ab_t) / ab_t) (e_cfg - e_s)
-        g = terms.w * (terms.e_cfg - terms.e_s)
-        extras = {
+        # 6. g = lam sqrt((1 - ab_t) / ab_t) (e_cfg - e_s), less the Taylor term if asked
+        r, extras = terms.e_cfg - terms.e_s, {}
+        if s.taylor != "off":
+            h = ism_taylor_term(prior, z, vc, s, terms)
+            r, extras["taylor_mu"] = self.taylor.apply(s.taylor, r, h, terms.w)
+        g = terms.w * r
+        extras |= {
             "s": terms.s,
             "delta_T": torch.tensor(terms.delta_T),
             "prior_calls": torch.tensor(terms.prior_calls),

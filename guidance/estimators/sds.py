@@ -8,7 +8,8 @@ threestudio's e_c + s (e_c - e_u) is this at s + 1), w(t) the weighting.
        optionally stratified across the batch (`t_sampling`), or shared by antithetic pairs (`antithetic`:
        cameras b and b + B/2 get t_b and eps, -eps), each draw keeping its law
     2. x_t from z with fresh eps; one batched prior call for cond + uncond
-    3. g = w(t) (e_cfg - eps)
+    3. g = w(t) (e_cfg - eps); with `taylor`, g = w(t) (e_cfg - eps - mu_T h), h = sigma_t J eps - eps
+       the residual's first-order term (taylor.py)
     4. optional element clamp of g; non-finite entries are counted (base.finish)
 
 Loss convention (base.py): the gradient of the loss w.r.t. z is g / B.
@@ -31,8 +32,9 @@ from ..priors.base import DiffusionPrior, ViewCond, add_noise
 from .base import EstimatorResult, check_range, finish
 from .common import (
     WEIGHTINGS, EstimatorBase, RandomStreams, check_choice, check_guidance, check_t_range, frac_to_step,
-    render_to_z, timestep_weight,
+    check_taylor, render_to_z, timestep_weight,
 )
+from .taylor import jvp
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class SDSSettings:
     antithetic: bool = False
     """pair the batch: cameras b and b + B/2 share t and get eps and -eps (each draw still as before);
     with stratified timesteps the B/2 pairs are stratified"""
+    taylor: Literal["off", "fixed", "learned"] = "off"
+    """first-order (Taylor) control variate h = sigma_t J_e eps - eps from one Jacobian-vector product
+    (zero mean given z and t): off, fixed (weight 1) or learned (weight fitted from previous steps,
+    starting at 0); costs one more prior call in forward mode"""
 
     def validate(self, owner: str = "sds") -> None:
         check_guidance(owner, self.guidance_scale)
@@ -74,6 +80,7 @@ class SDSSettings:
         check_range(owner, "anneal_end", self.anneal_end, self.anneal_start, 10_000_000)
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
         check_choice(owner, "t_sampling", self.t_sampling, ("iid", "stratified"))
+        check_taylor(owner, self.taylor)
 
 
 def t_max_at(s: SDSSettings, step: int) -> float:
@@ -133,6 +140,20 @@ def sds_terms(prior: DiffusionPrior, z: Tensor, vc: ViewCond, s: SDSSettings, st
     return SDSTerms(t, eps, x_t, e_cfg, w)
 
 
+def sds_taylor_term(prior: DiffusionPrior, z: Tensor, vc: ViewCond, guidance_scale: float,
+                    terms: SDSTerms) -> Tensor:
+    """h = sigma_t J_e(sqrt(ab_t) z) eps - eps [B, C, h, w]: the first-order term in eps of SDS's
+    residual e_cfg(sqrt(ab_t) z + sigma_t eps) - eps, at the step's t and eps."""
+    t_dev = to_device(terms.t, z.device)
+    ab = prior.alphas_cumprod[t_dev].float().view(-1, 1, 1, 1)
+    x_bar = ab.sqrt() * z.detach().float()
+
+    def e_cfg(x: Tensor) -> Tensor:
+        return prior.predict_noise(x, t_dev, vc, guidance_scale, branch="cfg").float()
+
+    return jvp(e_cfg, x_bar, (1 - ab).sqrt() * terms.eps) - terms.eps
+
+
 def clamp_grad(g: Tensor, limit: float) -> Tensor:
     """Element clamp of g to [-limit, limit]; limit 0 is off. NaN stays NaN so finish() can count it."""
     return g.clamp(-limit, limit) if limit > 0 else g
@@ -150,7 +171,11 @@ class SDS(EstimatorBase):
         s = self.settings  # read once: the session may swap it between steps, never during one
         z = render_to_z(prior, render)
         terms = sds_terms(prior, z, vc, s, step, self.rng)
-        # 3. g = w(t) (e_cfg - eps)
-        g = terms.w * (terms.e_cfg - terms.eps)
+        # 3. g = w(t) (e_cfg - eps), less the Taylor term if asked
+        r, extras = terms.e_cfg - terms.eps, {}
+        if s.taylor != "off":
+            h = sds_taylor_term(prior, z, vc, s.guidance_scale, terms)
+            r, extras["taylor_mu"] = self.taylor.apply(s.taylor, r, h, terms.w)
+        g = terms.w * r
         # 4. Optional clamp; finish() counts and zeroes non-finite entries and builds the loss.
-        return finish(z, clamp_grad(g, s.grad_clamp), terms.t)
+        return finish(z, clamp_grad(g, s.grad_clamp), terms.t, extras or None)

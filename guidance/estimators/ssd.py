@@ -15,7 +15,8 @@ weighting, sigma_t = sqrt(1 - ab_t).
        of normals); phi is [B], one per camera
     3. gphi = autograd.grad(phi, x_t)
     4. h = eps phi - sigma_t gphi
-    5. g = w(t) (a - mu h)
+    5. g = w(t) (a - mu h); with `taylor`, less mu_T times the score term's first-order term in eps
+       (taylor.py), mu_T fitted on this residual
     6. learned mu: update the EMAs with this step's a and h (after g, so mu never sees its own sample)
 
 With phi = 1 (c0 = 1, lam = 0) and mu = 1, base "sds" is SDS bit for bit (same seed: same t and eps);
@@ -57,9 +58,11 @@ from renderers.types import RenderOutput
 from ..baselines import BASELINES
 from ..priors.base import DiffusionPrior, ViewCond, add_noise
 from .base import EstimatorResult, SettingsError, check_range, finish
-from .common import WEIGHTINGS, EstimatorBase, check_choice, check_guidance, check_t_range, render_to_z
-from .ism import ISMSettings, ism_terms
-from .sds import SDSSettings, clamp_grad, sds_terms
+from .common import (
+    WEIGHTINGS, EstimatorBase, check_choice, check_guidance, check_t_range, check_taylor, render_to_z,
+)
+from .ism import ISMSettings, ism_taylor_term, ism_terms
+from .sds import SDSSettings, clamp_grad, sds_taylor_term, sds_terms
 
 
 TWO_STATS = ("a0", "a1", "h00", "h01", "h11")  # coefficients "two": the EMAs behind (mu0, mu1)
@@ -99,8 +102,11 @@ class SSDSettings:
     coefficients: Literal["one", "two"] = "one"
     """one: h = eps phi - sigma grad phi with one mu; two: SDS's eps baseline and the centred Stein term
     each with its own weight (mu0, mu1), learned jointly (see the module doc)"""
+    taylor: Literal["off", "fixed", "learned"] = "off"
+    """first-order (Taylor) control variate of the score term (SDS's or ISM's h, taylor.py) on top of the
+    Stein term, its weight fitted on SSD's own residual when learned; off, fixed (1) or learned"""
     ism: ISMSettings = field(default_factory=ISMSettings)
-    """base ism: the ISM settings the score term uses (its offset noise must be 0)"""
+    """base ism: the ISM settings the score term uses (its offset noise must be 0; its taylor is ssd.taylor)"""
 
     def validate(self, owner: str = "ssd") -> None:
         check_choice(owner, "base", self.base, ("sds", "ism"))
@@ -116,7 +122,11 @@ class SSDSettings:
         check_range(owner, "grad_clamp", self.grad_clamp, 0.0, 1e9)
         check_choice(owner, "t_sampling", self.t_sampling, ("iid", "stratified"))
         check_choice(owner, "coefficients", self.coefficients, ("one", "two"))
+        check_taylor(owner, self.taylor)
         self.ism.validate(owner=f"{owner}.ism")
+        if self.ism.taylor != "off":
+            raise SettingsError(f"{owner}.ism.taylor: SSD's Taylor term is {owner}.taylor (it applies to either "
+                                f"base); leave {owner}.ism.taylor off, got {self.ism.taylor!r}")
         if self.base == "ism" and self.ism.offset_noise > 0:
             raise SettingsError(
                 f"{owner}.ism.offset_noise: must be 0 when SSD builds on ISM (Stein's identity needs "
@@ -192,7 +202,8 @@ class SSD(EstimatorBase):
 
     # ----- learned state ------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget the learned μ (EMAs of E[w^2 a.h] and E[w^2 h.h] per channel)."""
+        """Forget the learned μ (EMAs of E[w^2 a.h] and E[w^2 h.h] per channel) and the Taylor weight."""
+        super().reset()
         self.ema_ah: Tensor | None = None  # [C]
         self.ema_hh: Tensor | None = None  # [C]
         self.ema_two: dict[str, Tensor] | None = None  # coefficients "two": TWO_STATS, each [C]
@@ -266,8 +277,10 @@ class SSD(EstimatorBase):
         if s.base == "sds":
             terms = sds_terms(prior, z, vc, s.sds_part(), step, self.rng)
             t, eps, w, a, x_phi = terms.t, terms.eps, terms.w, terms.e_cfg, terms.x_t
+            taylor_term = lambda: sds_taylor_term(prior, z, vc, s.guidance_scale, terms)  # noqa: E731
         else:
             it = ism_terms(prior, z, vc, s.ism, step, self.rng)
+            taylor_term = lambda: ism_taylor_term(prior, z, vc, s.ism, it)  # noqa: E731
             t, eps, w = it.t, it.eps, it.w
             a = it.e_cfg - it.e_s + eps
             x_phi = add_noise(prior.alphas_cumprod, z.detach().float(), eps, to_device(t, z.device))
@@ -275,22 +288,32 @@ class SSD(EstimatorBase):
         t_dev = to_device(t, z.device)
         sigma_t = (1 - prior.alphas_cumprod[t_dev].float()).sqrt().view(-1, 1, 1, 1)
         if s.coefficients == "two":
-            return self._two(prior, render, cameras, vc, z, t, t_dev, eps, w, a, x_phi, sigma_t, extras)
+            r = self._two(prior, render, cameras, vc, z, t_dev, eps, w, a, x_phi, sigma_t, extras)
+            return self._finish(z, t, w, r, taylor_term, extras)
         # 2-3. phi and its gradient w.r.t. x_t.
         phi, gphi = phi_and_grad(self._phi_fn(prior, t_dev, vc, render, cameras), x_phi)
         # 4. The control variate (minus sign: zero mean by Stein's identity).
         h = control_variate(eps, phi, gphi, sigma_t)
         # 5. g = w(t) (a - mu h)
         mu = self.current_mu(z.shape[1], z.device)
-        g = w * (a - mu * h)
+        r = a - mu * h
         # 6. Learn mu from this step for the next ones.
         if s.mu_mode == "learned":
             self.update_mu(a, h, w)
         extras.update(mu=mu.reshape(-1) if mu.numel() > 1 else mu.reshape(()), phi=phi)
-        return finish(z, clamp_grad(g, s.grad_clamp), t, extras)
+        return self._finish(z, t, w, r, taylor_term, extras)
 
-    def _two(self, prior, render, cameras, vc, z, t, t_dev, eps, w, a, x_phi, sigma_t, extras) -> EstimatorResult:
-        """Steps 2-6 with two coefficients (module doc): h0 = eps, h1 the centred Stein term."""
+    def _finish(self, z: Tensor, t: Tensor, w: Tensor, r: Tensor, taylor_term: Callable[[], Tensor],
+                extras: dict[str, Tensor]) -> EstimatorResult:
+        """g = w (r - mu_T h_T) (the Taylor term only when asked), clamped and finished."""
+        s = self.settings
+        if s.taylor != "off":
+            r, extras["taylor_mu"] = self.taylor.apply(s.taylor, r, taylor_term(), w)
+        return finish(z, clamp_grad(w * r, s.grad_clamp), t, extras)
+
+    def _two(self, prior, render, cameras, vc, z, t_dev, eps, w, a, x_phi, sigma_t, extras) -> Tensor:
+        """Steps 2-6 with two coefficients (module doc): h0 = eps, h1 the centred Stein term; returns the
+        residual a - mu0 h0 - mu1 h1."""
         s = self.settings
         similarity = BASELINES[s.baseline]
         psi, gpsi = phi_and_grad(lambda x: 1 - similarity(prior, x, t_dev, vc, render, cameras), x_phi)
@@ -298,12 +321,12 @@ class SSD(EstimatorBase):
         h0 = eps
         h1 = control_variate(eps, psi - leave_one_out_mean(psi, antithetic), gpsi, sigma_t)
         mu0, mu1 = self.current_mus(z.shape[1], z.device)
-        g = w * (a - mu0 * h0 - mu1 * h1)
+        r = a - mu0 * h0 - mu1 * h1
         if s.mu_mode == "learned":
             self.update_two(a, h0, h1, w)
         flat = (lambda m: m.reshape(-1) if m.numel() > 1 else m.reshape(()))
         extras.update(mu=flat(mu0), mu1=flat(mu1), phi=psi)
-        return finish(z, clamp_grad(g, s.grad_clamp), t, extras)
+        return r
 
     def _phi_fn(self, prior: DiffusionPrior, t: Tensor, vc: ViewCond, render: RenderOutput,
                 cameras: CameraBatch) -> Callable[[Tensor], Tensor]:
