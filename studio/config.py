@@ -119,6 +119,9 @@ class PriorSettings:
     """'procedural' (built in, offline) or a Stable Diffusion hub id / local folder"""
     s_d: float = 0.1
     """procedural prior: std of each mode around its reference render (its diversity), in [-1, 1] units"""
+    objects: str = ""
+    """procedural prior: its object library (JSON); empty: assets/objects/objects.json. The geometry test
+    bed of one colour and fifteen shapes ("a red shape") is assets/objects/shapes.json"""
     depth_model: str = "Intel/dpt-hybrid-midas"
     """SD only: monocular depth model for SSD's depth baseline (hub id or folder)"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

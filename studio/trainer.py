@@ -15,7 +15,7 @@ import torch
 
 import renderers
 from guidance.estimators import make_estimator
-from guidance.priors import make_prior
+from guidance.priors import PriorError, make_prior
 from renderers.camera import CameraSampler
 from renderers.transfer import to_device
 from renderers.types import RenderOutput
@@ -38,8 +38,13 @@ def device_of(renderer: Any) -> torch.device:
 def build_prior(cfg: StudioConfig, device: torch.device):
     p = cfg.prior
     if p.model == "procedural":
-        return make_prior("procedural", s_d=p.s_d, renderer=renderers.make_renderer(cfg.render.renderer
-                          if cfg.render.renderer != "gsplat" else "auto"), device=device)
+        try:
+            return make_prior("procedural", s_d=p.s_d, objects_path=p.objects, renderer=renderers.make_renderer(
+                cfg.render.renderer if cfg.render.renderer != "gsplat" else "auto"), device=device)
+        except PriorError as e:
+            if p.objects and "object library" in str(e):
+                raise PriorError(f"prior.objects: {e}") from None
+            raise
     return make_prior(p.model, device=device, dtype=p.dtype, vae_dtype=p.vae_dtype, image_size=p.image_size,
                       sdpa=p.sdpa, channels_last=p.channels_last, compile=p.compile, cuda_graphs=p.cuda_graphs,
                       attention_slicing=p.attention_slicing, view_prompt=cfg.prompt.view_prompt,

@@ -64,7 +64,7 @@ def test_the_library_is_one_colour_and_fifteen_geometries():
     scenes = [lib.scene(k, torch.device("cpu")) for k in idx]
     # from the ball (every point at radius 0.65) to the cube (corners at 0.6 sqrt(3))
     radii = [float(s.means.norm(dim=1).max()) for s in scenes]
-    assert radii[0] == pytest.approx(0.65, abs=1e-4) and radii[-1] == pytest.approx(0.6 * math.sqrt(3), abs=0.05)
+    assert radii[0] == pytest.approx(0.65, abs=1e-4) and radii[-1] == pytest.approx(0.6 * math.sqrt(3), abs=0.08)
     assert all(b > a for a, b in zip(radii, radii[1:]))
 
 

@@ -268,6 +268,8 @@ class ObjectLibrary:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else DEFAULT_LIBRARY
+        if not self.path.is_absolute() and not self.path.exists() and (DEFAULT_LIBRARY.parents[2] / self.path).exists():
+            self.path = DEFAULT_LIBRARY.parents[2] / self.path  # e.g. assets/objects/shapes.json from anywhere
         try:
             data = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as e:
