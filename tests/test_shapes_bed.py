@@ -114,3 +114,18 @@ def test_ssds_baseline_has_a_gradient_on_the_shapes_and_none_on_the_old_prompts(
     old = _prior()
     for prompt in ("a red cube", "a ball"):
         assert _baseline_grad_norm(old, prompt, 0, t, cams, draws=2) < 1e-12 * max(shapes, 1.0), prompt
+
+
+def test_a_session_trains_on_the_bed_chosen_by_prior_objects(tmp_path, monkeypatch):
+    from studio.config import with_values
+    from studio.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)  # a relative library path is found in the checkout from anywhere
+    cfg = with_values(default_config("sds"), {"prior.objects": SHAPES, "prompt.prompt": "a red shape",
+                                              "render.resolution": 24, "render.batch": 2, "init.num": 200})
+    tr = Trainer(cfg)
+    tr.step()
+    assert tr.score().mode_name.startswith("red_") and len(tr.prior.object_names(tr.cond)) == 15
+    with pytest.raises(PriorError, match=r"^prior\.objects: .*cannot read the object library nope\.json"):
+        tr.apply_config(with_values(cfg, {"prior.objects": "nope.json"}))
+    assert tr.cfg.prior.objects == SHAPES, "a failed edit leaves the session's library as it was"

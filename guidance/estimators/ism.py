@@ -40,7 +40,6 @@ import torch
 from torch import Tensor
 
 from renderers.camera import CameraBatch
-from renderers.transfer import to_device
 from renderers.types import RenderOutput
 
 from ..priors.base import DiffusionPrior, ViewCond, add_noise
