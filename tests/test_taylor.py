@@ -190,3 +190,24 @@ def test_the_jvp_runs_through_a_stable_diffusion_unet(tmp_path):
     d = 1e-3
     fd = (residual(d * terms.eps) - residual(-d * terms.eps)) / (2 * d)
     assert float((h - fd).norm() / fd.norm()) < 1e-2
+
+
+def test_a_checkpointed_session_keeps_the_learned_weight():
+    """The weight's averages travel in the estimator's state: a checkpoint's trainer state passes the
+    studio's checks and a trainer restored from it takes the same next step."""
+    from studio.config import default_config, with_values
+    from studio.handlers import _trainer_problem
+    from studio.trainer import Trainer
+
+    cfg = with_values(default_config("ssd"), {"ssd.taylor": "learned", "ssd.coefficients": "two",
+                                              "render.resolution": 16, "render.batch": 2, "init.num": 100})
+    tr = Trainer(cfg)
+    for _ in range(3):
+        tr.step()
+    state = tr.state_dict()
+    assert _trainer_problem(state) is None
+    assert state["estimators"]["ssd"]["taylor_rh"].shape == (3,)
+    again = Trainer(cfg, state=state)
+    a, b = tr.step(), again.step()
+    assert float(a["taylor_mu"]) == float(b["taylor_mu"]) != 0.0
+    torch.testing.assert_close(tr.scene.params["means"], again.scene.params["means"])
