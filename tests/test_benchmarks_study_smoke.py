@@ -41,11 +41,28 @@ def test_iteration_quick_table_has_every_stage_and_ratio():
 
 def test_study_quick_prints_one_row_per_variant():
     out = run_quick("study.py")
-    rows = table_rows(out, "a red cube")
-    assert [r[1] for r in rows] == ["SDS", "ISM", "SSD mu=0", "SSD mu=1 fixed", "SSD mu learned"], out
-    for r in rows:
+    rows = table_rows(out, "a red shape")
+    conv, var = [r for r in rows if len(r) == 10], [r for r in rows if len(r) == 8]
+    trained = ["SDS", "SDS stratified t", "SDS antithetic", "SDS Taylor (learned)", "ISM",
+               "SSD one coeff. (old default)", "SSD two coeff. (learned)"]
+    assert [r[1] for r in conv] == trained, out
+    for r in conv:
         assert 0.0 < float(r[2]) < 100.0, r  # final psnr_ref in dB
-        assert float(r[9]) >= 0.0, r  # independent variance
+        assert r[8] == "300", r  # densification off: every run keeps its Gaussians
+    assert [r[1] for r in var][:len(trained)] == trained and len(var) == len(trained) + 3, out
+    by_label = {r[1]: r for r in var}
+    assert by_label["SDS"][3] == "1.000" and by_label["ISM"][2] == "ISM"
+    for r in var:
+        assert all(float(c) >= 0.0 for c in r[3:7]), r  # variance ratios and noise / signal
+
+
+def test_variance_split_quick_prints_the_shares_and_ratios():
+    out = run_quick("variance_split.py")
+    (row,) = table_rows(out, "a red shape")
+    within, between = float(row[3]), float(row[4])
+    assert 0.0 <= within <= 1.0 and 0.0 <= between <= 1.0, row
+    assert all(float(c) >= 0.0 for c in row[5:8]), row
+    assert len(row[8].split(" / ")) == 3, row  # the Taylor ratio at each of the quick run's timesteps
 
 
 @pytest.fixture(scope="module")
