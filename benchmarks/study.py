@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--num", type=int, default=1000, help="Gaussians (densification is off)")
     ap.add_argument("--prompts", default=",".join(PROMPTS), help=f"comma-separated keys of {list(PROMPTS)}")
+    ap.add_argument("--variants", default="", help="comma-separated labels of VARIANTS to train (default all)")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--var-every", type=int, default=750)
     ap.add_argument("--var-draws", type=int, default=64)
@@ -320,7 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runs = load_runs(a.save) if (a.save and a.resume) else []
         done = {(r["label"], r["prompt"], r["seed"]) for r in runs}
-        jobs = [(label, pk, seed, a) for seed in range(a.seeds) for pk in a.prompts.split(",") for label in VARIANTS
+        labels = [v.strip() for v in a.variants.split(",") if v.strip()] or list(VARIANTS)
+        unknown = [v for v in labels if v not in VARIANTS]
+        if unknown:
+            ap.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+        jobs = [(label, pk, seed, a) for seed in range(a.seeds) for pk in a.prompts.split(",") for label in labels
                 if (label, pk, seed) not in done]
         print(f"{len(jobs)} runs to do ({len(done)} already saved)", flush=True)
         t0 = time.perf_counter()
