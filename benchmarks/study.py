@@ -144,6 +144,7 @@ def run_one(job: tuple) -> dict:
                 rec["diag"][k] = float(diag[k])
     rec["seconds"] = elapsed
     rec["steps"] = a.steps
+    rec["machine"], rec["workers"] = a.machine, a.workers
     rec["gaussians"] = tr.scene.num_gaussians
     return rec
 
@@ -163,12 +164,15 @@ def first_reach(psnr: list, threshold: float) -> float | None:
 
 
 def mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+    """mean ± std of the finite values; "(k of n)" when some were not finite (a noise / signal whose
+    signal estimate was not positive)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    note = f" ({len(finite)} of {len(values)})" if len(finite) < len(values) else ""
+    if not finite:
+        return "-" + note
+    if len(finite) == 1:
+        return fmt.format(finite[0]) + note
+    return f"{fmt.format(statistics.mean(finite))} ± {fmt.format(statistics.stdev(finite)).lstrip('+')}{note}"
 
 
 def _ratio(points: list, key: str, late: bool) -> float:
@@ -316,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         a.seeds, a.steps, a.res, a.num, a.eval_every, a.var_every, a.var_draws = 1, 16, 24, 300, 8, 8, 4
         a.prompts = "shape"
     load = load_average()
+    a.machine = machine(load)
     if a.load:
         runs = load_runs(a.load)
     else:
@@ -342,7 +347,10 @@ def main(argv: list[str] | None = None) -> None:
             pool.close()
     conv = markdown_table(CONV_HEADER, convergence_rows(runs), align_left=2)
     var = markdown_table(VAR_HEADER, variance_rows(runs), align_left=3)
-    mach = machine(load)
+    mach = runs[0].get("machine", a.machine)  # the training's machine line when the runs carry it
+    workers = runs[0].get("workers", a.workers)
+    if workers > 1:
+        mach += f"; {workers} worker processes of 1 thread each (torch and numba)"
     print(f"\n{conv}\n\n{var}\n\nmachine: {mach}")
     if a.no_write:
         return
@@ -353,8 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     seeds = len({r["seed"] for r in runs})
     res = {"steps": s0["steps"]}
     command = (f"`.venv/bin/python benchmarks/study.py --seeds {seeds} --steps {res['steps']} --res {a.res} "
-               f"--batch {a.batch} --num {a.num} --var-draws {a.var_draws} --workers {a.workers}`")
-    body = (f"## Variance and convergence on ground truth\n\nCommand: {command} ({time.strftime('%Y-%m-%d')}), "
+               f"--batch {a.batch} --num {a.num} --var-draws {a.var_draws} --workers {workers} --save runs.jsonl`")
+    kept = f"; its runs are in docs/{a.load.name}, which `--load` turns back into this section" if a.load else ""
+    body = (f"## Variance and convergence on ground truth\n\nCommand: {command} ({time.strftime('%Y-%m-%d')}{kept}), "
             f"{len(runs)} runs: {seeds} seeds x {len({r['prompt'] for r in runs})} prompts x {len(VARIANTS)} "
             f"variants, {res['steps']} steps each; psnr_ref every {a.eval_every} steps, variance every "
             f"{a.var_every} steps from {a.var_draws} draws. Machine: {mach}. No GPU was lent.\n\n"

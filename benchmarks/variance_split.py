@@ -24,7 +24,6 @@ from dataclasses import replace
 from common import load_average, machine, markdown_table, write_section
 from study import PROMPTS, config_for, measure
 
-import torch  # noqa: E402
 
 from guidance.estimators import make_estimator  # noqa: E402
 from renderers.camera import CameraSampler  # noqa: E402
