@@ -63,6 +63,7 @@ from .common import (
 )
 from .ism import ISMSettings, ism_taylor_term, ism_terms
 from .sds import SDSSettings, clamp_grad, sds_taylor_term, sds_terms
+from .taylor import RatioEMA
 
 
 TWO_STATS = ("a0", "a1", "h00", "h01", "h11")  # coefficients "two": the EMAs behind (mu0, mu1)
@@ -204,42 +205,29 @@ class SSD(EstimatorBase):
     def reset(self) -> None:
         """Forget the learned μ (EMAs of E[w^2 a.h] and E[w^2 h.h] per channel) and the Taylor weight."""
         super().reset()
-        self.ema_ah: Tensor | None = None  # [C]
-        self.ema_hh: Tensor | None = None  # [C]
+        self.mu_ema = RatioEMA(("ema_ah", "ema_hh"))  # coefficients "one": E[w^2 a.h], E[w^2 h.h], each [C]
         self.ema_two: dict[str, Tensor] | None = None  # coefficients "two": TWO_STATS, each [C]
 
     def state_dict(self) -> dict[str, Any]:
         two = {f"ema_{k}": v for k, v in (self.ema_two or {}).items()}
-        return {**super().state_dict(), "ema_ah": self.ema_ah, "ema_hh": self.ema_hh, **two}
+        return {**super().state_dict(), **self.mu_ema.state(), **two}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.ema_ah, self.ema_hh = state.get("ema_ah"), state.get("ema_hh")
+        self.mu_ema.load(state)
         two = {k: state.get(f"ema_{k}") for k in TWO_STATS}
         self.ema_two = two if all(isinstance(v, Tensor) for v in two.values()) else None
 
     def current_mu(self, channels: int, device: torch.device) -> Tensor:
         """The μ to use now, [1, C, 1, 1] or [1, 1, 1, 1]; the setting until the EMAs have a step."""
         s = self.settings
-        start = torch.tensor(float(s.mu), device=device)
-        if s.mu_mode == "fixed" or self.ema_ah is None or self.ema_ah.shape != (channels,):
-            return start.view(1, 1, 1, 1)
-        ah, hh = self.ema_ah.to(device), self.ema_hh.to(device)
-        if s.mu_per_channel:
-            return torch.where(hh > 0, ah / hh.clamp_min(1e-30), start).view(1, channels, 1, 1)
-        return torch.where(hh.sum() > 0, ah.sum() / hh.sum().clamp_min(1e-30), start).view(1, 1, 1, 1)
+        if s.mu_mode == "fixed":
+            return torch.tensor(float(s.mu), device=device).view(1, 1, 1, 1)
+        return self.mu_ema.ratio(s.mu, channels, device, s.mu_per_channel)
 
     def update_mu(self, a: Tensor, h: Tensor, w: Tensor) -> None:
         """Step 6: fold this step's E[w^2 a.h], E[w^2 h.h] per channel into the EMAs."""
-        w2 = w.float() ** 2  # [B, 1, 1, 1]
-        ah = (w2 * a * h).sum(dim=(2, 3)).mean(dim=0)  # [C]
-        hh = (w2 * h * h).sum(dim=(2, 3)).mean(dim=0)
-        if self.ema_ah is None or self.ema_ah.shape != ah.shape:
-            self.ema_ah, self.ema_hh = ah, hh  # the first step is its own average (no bias towards 0)
-            return
-        beta = self.settings.ema_beta
-        self.ema_ah = beta * self.ema_ah.to(ah.device) + (1 - beta) * ah
-        self.ema_hh = beta * self.ema_hh.to(hh.device) + (1 - beta) * hh
+        self.mu_ema.update(a, h, w, self.settings.ema_beta)
 
     def current_mus(self, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """coefficients "two": (mu0, mu1), each [1, C, 1, 1] or [1, 1, 1, 1]."""

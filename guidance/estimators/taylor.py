@@ -42,43 +42,58 @@ def jvp(fn: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> Tens
     return torch.zeros_like(out) if tan is None else tan.detach()
 
 
-class TaylorWeight:
-    """mu_T and its EMAs E[w^2 r.h], E[w^2 h.h] per channel ([C] each, None before the first step)."""
+class RatioEMA:
+    """A learned control-variate weight E[w^2 r.h] / E[w^2 h.h]: both expectations as EMAs per channel
+    ([C] each, None before the first step), saved under the two given state keys. SSD's one-coefficient
+    mu (ema_ah, ema_hh) and the Taylor weight (taylor_rh, taylor_hh) are each one of these."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: tuple[str, str]) -> None:
+        self.keys = keys
         self.rh: Tensor | None = None
         self.hh: Tensor | None = None
 
-    def weight(self, mode: str, channels: int, device: torch.device) -> Tensor:
-        """mu_T now, a scalar tensor: 1 when fixed, the EMAs' ratio when learned (0 until they exist)."""
-        if mode == "fixed":
-            return torch.ones((), device=device)
-        if self.rh is None or self.rh.shape != (channels,) or float(self.hh.sum()) <= 0:
-            return torch.zeros((), device=device)
-        return (self.rh.sum() / self.hh.sum()).to(device)
+    def ratio(self, start: float, channels: int, device: torch.device, per_channel: bool = False) -> Tensor:
+        """The weight, [1, C, 1, 1] per channel or [1, 1, 1, 1]; `start` until the EMAs hold a step (or
+        where h has carried nothing)."""
+        first = torch.tensor(float(start), device=device)
+        if self.rh is None or self.rh.shape != (channels,):
+            return first.view(1, 1, 1, 1)
+        rh, hh = self.rh.to(device), self.hh.to(device)
+        if per_channel:
+            return torch.where(hh > 0, rh / hh.clamp_min(1e-30), first).view(1, channels, 1, 1)
+        return torch.where(hh.sum() > 0, rh.sum() / hh.sum().clamp_min(1e-30), first).view(1, 1, 1, 1)
 
-    def update(self, r: Tensor, h: Tensor, w: Tensor) -> None:
-        w2 = w.float() ** 2
-        rh = (w2 * r * h).sum(dim=(2, 3)).mean(dim=0)
+    def update(self, r: Tensor, h: Tensor, w: Tensor, beta: float) -> None:
+        """Fold this step's E[w^2 r.h], E[w^2 h.h] per channel into the EMAs (the first step is its own
+        average, so there is no bias towards 0)."""
+        w2 = w.float() ** 2  # [B, 1, 1, 1]
+        rh = (w2 * r * h).sum(dim=(2, 3)).mean(dim=0)  # [C]
         hh = (w2 * h * h).sum(dim=(2, 3)).mean(dim=0)
         if self.rh is None or self.rh.shape != rh.shape:
             self.rh, self.hh = rh, hh
             return
-        self.rh = TAYLOR_BETA * self.rh.to(rh.device) + (1 - TAYLOR_BETA) * rh
-        self.hh = TAYLOR_BETA * self.hh.to(hh.device) + (1 - TAYLOR_BETA) * hh
-
-    def apply(self, mode: str, r: Tensor, h: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """(r - mu_T h, mu_T); a learned mu_T then folds this step into its EMAs (after use)."""
-        mu = self.weight(mode, r.shape[1], r.device)
-        out = r - mu * h
-        if mode == "learned":
-            self.update(r, h, w)
-        return out, mu
+        self.rh = beta * self.rh.to(rh.device) + (1 - beta) * rh
+        self.hh = beta * self.hh.to(hh.device) + (1 - beta) * hh
 
     def state(self) -> dict[str, Tensor | None]:
-        return {"taylor_rh": self.rh, "taylor_hh": self.hh}
+        return dict(zip(self.keys, (self.rh, self.hh)))
 
     def load(self, state: dict) -> None:
-        rh, hh = state.get("taylor_rh"), state.get("taylor_hh")
+        rh, hh = (state.get(k) for k in self.keys)
         ok = isinstance(rh, Tensor) and isinstance(hh, Tensor)
         self.rh, self.hh = (rh, hh) if ok else (None, None)
+
+
+class TaylorWeight(RatioEMA):
+    """mu_T: 1 when fixed; learned, the EMAs' ratio over all channels, starting at 0."""
+
+    def __init__(self) -> None:
+        super().__init__(("taylor_rh", "taylor_hh"))
+
+    def apply(self, mode: str, r: Tensor, h: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """(r - mu_T h, mu_T as a scalar tensor); a learned mu_T then folds this step into its EMAs."""
+        mu = torch.ones((), device=r.device) if mode == "fixed" else self.ratio(0.0, r.shape[1], r.device).reshape(())
+        out = r - mu * h
+        if mode == "learned":
+            self.update(r, h, w, TAYLOR_BETA)
+        return out, mu
