@@ -16,6 +16,7 @@ import torch
 import renderers
 from guidance.estimators import make_estimator
 from guidance.priors import PriorError, make_prior
+from guidance.priors.objects import LibraryError
 from renderers.camera import CameraSampler
 from renderers.transfer import to_device
 from renderers.types import RenderOutput
@@ -41,8 +42,8 @@ def build_prior(cfg: StudioConfig, device: torch.device):
         try:
             return make_prior("procedural", s_d=p.s_d, objects_path=p.objects, renderer=renderers.make_renderer(
                 cfg.render.renderer if cfg.render.renderer != "gsplat" else "auto"), device=device)
-        except PriorError as e:
-            if p.objects and "object library" in str(e):
+        except LibraryError as e:
+            if p.objects:
                 raise PriorError(f"prior.objects: {e}") from None
             raise
     return make_prior(p.model, device=device, dtype=p.dtype, vae_dtype=p.vae_dtype, image_size=p.image_size,

@@ -46,6 +46,10 @@ def prompt_words(prompt: str) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in STOP_WORDS)
 
 
+class LibraryError(PriorError):
+    """The object library cannot be read or is malformed (the message names the file and the entry)."""
+
+
 @dataclass(frozen=True)
 class ReferenceObject:
     name: str
@@ -273,8 +277,11 @@ class ObjectLibrary:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise PriorError(f"procedural prior: cannot read the object library {self.path}: {e}") from e
-        self.objects, self.prompts = parse_library(data, str(self.path))
+            raise LibraryError(f"procedural prior: cannot read the object library {self.path}: {e}") from e
+        try:
+            self.objects, self.prompts = parse_library(data, str(self.path))
+        except PriorError as e:
+            raise LibraryError(str(e)) from None
         self._scenes: dict[tuple[int, str], GaussianParams] = {}
 
     @property
